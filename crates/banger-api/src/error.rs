@@ -89,7 +89,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with no causes.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), causes: Vec::new(), field: None }
+        Self {
+            code,
+            message: message.into(),
+            causes: Vec::new(),
+            field: None,
+        }
     }
 
     /// An error built from a Rust error: its `Display` is the message and its `source()` chain
@@ -101,7 +106,12 @@ impl ApiError {
             causes.push(cause.to_string());
             next = cause.source();
         }
-        Self { code, message: err.to_string(), causes, field: None }
+        Self {
+            code,
+            message: err.to_string(),
+            causes,
+            field: None,
+        }
     }
 
     /// Names the request field this error is about.

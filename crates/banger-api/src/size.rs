@@ -18,12 +18,16 @@ pub enum SizeError {
 /// written `G`, `GB`, `GiB` (any case).
 pub fn parse_size_mib(input: &str) -> Result<u64, SizeError> {
     let s = input.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     if number.is_empty() {
         return Err(SizeError::Malformed(input.to_string()));
     }
-    let value: f64 = number.parse().map_err(|_| SizeError::Malformed(input.to_string()))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| SizeError::Malformed(input.to_string()))?;
     let unit = unit.trim().to_ascii_lowercase();
     let factor_mib: f64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
         "k" => 1.0 / 1024.0,
@@ -58,9 +62,18 @@ mod tests {
     fn rejects_garbage_fractions_and_zero() {
         assert!(matches!(parse_size_mib(""), Err(SizeError::Malformed(_))));
         assert!(matches!(parse_size_mib("G"), Err(SizeError::Malformed(_))));
-        assert!(matches!(parse_size_mib("12X"), Err(SizeError::UnknownUnit(_))));
+        assert!(matches!(
+            parse_size_mib("12X"),
+            Err(SizeError::UnknownUnit(_))
+        ));
         assert!(matches!(parse_size_mib("0"), Err(SizeError::OutOfRange(_))));
-        assert!(matches!(parse_size_mib("1K"), Err(SizeError::OutOfRange(_))));
-        assert!(matches!(parse_size_mib("1.0001M"), Err(SizeError::OutOfRange(_))));
+        assert!(matches!(
+            parse_size_mib("1K"),
+            Err(SizeError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_size_mib("1.0001M"),
+            Err(SizeError::OutOfRange(_))
+        ));
     }
 }

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// A VM's stable identity (a UUID), independent of its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(transparent)]
 #[schema(value_type = String, format = Uuid)]
 pub struct VmId(pub uuid::Uuid);
@@ -97,8 +99,14 @@ impl VmName {
         if name.len() > 63 {
             return Err(NameError::TooLong(name.to_string()));
         }
-        if let Some(ch) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
-            return Err(NameError::BadChar { name: name.to_string(), ch });
+        if let Some(ch) = name
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(NameError::BadChar {
+                name: name.to_string(),
+                ch,
+            });
         }
         let first = name.as_bytes()[0];
         if !first.is_ascii_lowercase() || name.ends_with('-') {
@@ -364,13 +372,25 @@ mod tests {
         assert!(VmName::parse("dev-box-1").is_ok());
         assert!(VmName::parse("a").is_ok());
         assert_eq!(VmName::parse(""), Err(NameError::Empty));
-        assert!(matches!(VmName::parse("Dev"), Err(NameError::BadChar { ch: 'D', .. })));
-        assert!(matches!(VmName::parse("a_b"), Err(NameError::BadChar { ch: '_', .. })));
-        assert!(matches!(VmName::parse("a.b"), Err(NameError::BadChar { ch: '.', .. })));
+        assert!(matches!(
+            VmName::parse("Dev"),
+            Err(NameError::BadChar { ch: 'D', .. })
+        ));
+        assert!(matches!(
+            VmName::parse("a_b"),
+            Err(NameError::BadChar { ch: '_', .. })
+        ));
+        assert!(matches!(
+            VmName::parse("a.b"),
+            Err(NameError::BadChar { ch: '.', .. })
+        ));
         assert!(matches!(VmName::parse("-a"), Err(NameError::BadEdge(_))));
         assert!(matches!(VmName::parse("1a"), Err(NameError::BadEdge(_))));
         assert!(matches!(VmName::parse("a-"), Err(NameError::BadEdge(_))));
-        assert!(matches!(VmName::parse(&"a".repeat(64)), Err(NameError::TooLong(_))));
+        assert!(matches!(
+            VmName::parse(&"a".repeat(64)),
+            Err(NameError::TooLong(_))
+        ));
         assert!(VmName::parse(&"a".repeat(63)).is_ok());
     }
 
@@ -419,7 +439,10 @@ mod tests {
     fn states_round_trip_through_strings() {
         for state in VmState::ALL {
             assert_eq!(state.as_str().parse::<VmState>(), Ok(state));
-            assert_eq!(serde_json::to_string(&state).unwrap_or_default(), format!("\"{state}\""));
+            assert_eq!(
+                serde_json::to_string(&state).unwrap_or_default(),
+                format!("\"{state}\"")
+            );
         }
     }
 }
