@@ -1,0 +1,20 @@
+//! Every side effect banger has on the host, behind one narrow trait per tool.
+//!
+//! Each tool has a real implementation and a recording fake (compiled always, not only under
+//! `cfg(test)`, so the daemon's integration tests and other crates can use them). Every external
+//! command goes through [`exec::execute`], whose error records argv, exit status, stdout and
+//! stderr, so a failure anywhere reads the same way.
+//!
+//! | tool       | trait                   | real                  | fake                  |
+//! |------------|-------------------------|-----------------------|-----------------------|
+//! | commands   | —                       | [`exec::execute`]     | —                     |
+//! | disks      | [`disks::Disks`]        | `disks::RealDisks`    | `disks::FakeDisks`    |
+//! | processes  | [`process::Processes`]  | `process::RealProcesses` | `process::FakeProcesses` |
+//! | links      | [`links::Links`]        | `links::RealLinks`    | `links::FakeLinks`    |
+//! | nftables   | [`nft::Nft`]            | `nft::RealNft`        | `nft::FakeNft`        |
+
+pub mod disks;
+pub mod exec;
+pub mod links;
+pub mod nft;
+pub mod process;
