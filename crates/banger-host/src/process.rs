@@ -254,7 +254,7 @@ pub enum ProcessError {
 
 /// Starting, watching and signalling long-lived processes.
 #[async_trait]
-pub trait Processes: Send + Sync {
+pub trait Processes: Send + Sync + std::fmt::Debug {
     /// Starts `spec` in a new session with stdin on `/dev/null`. The process is not killed when
     /// the daemon exits.
     async fn spawn(&self, spec: &SpawnSpec) -> Result<ProcessId, ProcessError>;
@@ -270,6 +270,11 @@ pub trait Processes: Send + Sync {
 
     /// The command line of `id`, or `None` when it is gone (or has none, as a zombie).
     fn cmdline(&self, id: ProcessId) -> Option<Vec<String>>;
+
+    /// Every live process (not this one) with an argument containing `needle`. This is how the
+    /// daemon rediscovers VMM processes after a SIGKILL left no handles: every process of a VM
+    /// names a socket inside that VM's runtime directory.
+    fn find_mentioning(&self, needle: &str) -> Vec<ProcessId>;
 }
 
 /// A child this instance spawned, until forever: after reaping, `child.try_wait()` keeps
@@ -584,6 +589,45 @@ impl Processes for RealProcesses {
             .collect();
         // Check again: the pid may have been recycled between the check and the read.
         (!args.is_empty() && self.proc_matches(id)).then_some(args)
+    }
+
+    fn find_mentioning(&self, needle: &str) -> Vec<ProcessId> {
+        let Ok(entries) = std::fs::read_dir(&self.proc_root) else {
+            return Vec::new();
+        };
+        let me = std::process::id();
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(Some(stat)) = read_stat(&self.proc_root, pid) else {
+                continue;
+            };
+            if stat.state == 'Z' {
+                continue;
+            }
+            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let mentions = raw
+                .split(|byte| *byte == 0)
+                .any(|arg| String::from_utf8_lossy(arg).contains(needle));
+            if mentions {
+                found.push(ProcessId {
+                    pid,
+                    start_time: stat.start_time,
+                });
+            }
+        }
+        found
     }
 }
 
@@ -923,6 +967,20 @@ impl Processes for FakeProcesses {
             .get(&id)
             .filter(|process| process.state.is_running())
             .map(|process| process.cmdline.clone())
+    }
+
+    fn find_mentioning(&self, needle: &str) -> Vec<ProcessId> {
+        let mut found: Vec<ProcessId> = self
+            .lock()
+            .processes
+            .iter()
+            .filter(|(_, p)| {
+                p.state.is_running() && p.cmdline.iter().any(|arg| arg.contains(needle))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        found.sort_by_key(|id| id.pid);
+        found
     }
 }
 

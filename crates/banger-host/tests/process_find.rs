@@ -1,0 +1,33 @@
+//! Rediscovering processes by what their command line mentions.
+#![allow(clippy::unwrap_used)]
+
+use banger_host::process::{Processes, RealProcesses};
+
+#[tokio::test]
+async fn find_mentioning_sees_a_foreign_process_and_can_kill_it() {
+    let marker = format!("/tmp/banger-find-test-{}", std::process::id());
+    // Started outside RealProcesses: like a VMM whose daemon was SIGKILLed.
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", "import time; time.sleep(30)", &marker])
+        .spawn()
+        .unwrap();
+    let processes = RealProcesses::new();
+    let found = processes.find_mentioning(&marker);
+    assert_eq!(
+        found.iter().map(|id| id.pid).collect::<Vec<_>>(),
+        vec![child.id()]
+    );
+    processes
+        .signal(found[0], nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let left = processes.find_mentioning(&marker);
+    assert!(
+        left.is_empty(),
+        "{left:?} {:?}",
+        left.iter()
+            .map(|id| std::fs::read_to_string(format!("/proc/{}/stat", id.pid)))
+            .collect::<Vec<_>>()
+    );
+}

@@ -1,0 +1,424 @@
+//! Test support shared by the end-to-end tests of several crates.
+//!
+//! - [`static_agent`]: the guest agent as a static binary (built once per test run).
+//! - [`test_guest`]: the cached Debian test guest from `tests/guest/build-test-guest.sh`.
+//! - [`RealDaemon`]: the whole daemon (`banger_daemon::run`) with the **real** host layer, in a
+//!   temp dir, optionally with its VM network inside a network namespace the test owns.
+//!
+//! Everything here panics with a clear message when a prerequisite is missing: end-to-end tests
+//! are `#[ignore]`d by default and run by CI with `--include-ignored`, so a missing tool must
+//! fail loudly, never pass silently.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use banger_api::{ImageId, Operation, OperationStatus, Vm, VmName};
+use banger_cli::client::Client;
+use banger_config::{Config, Environment};
+use banger_store::records::ImageRecord;
+use banger_store::Store;
+use hyper::Method;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// The cache directory for test guests (`BANGER_TEST_CACHE`, default
+/// `/var/tmp/banger-test-cache`): it survives between runs on one machine.
+pub fn test_cache() -> PathBuf {
+    std::env::var_os("BANGER_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/banger-test-cache"))
+}
+
+/// The static guest agent: `BANGER_AGENT_BIN`, or a `+crt-static` release build (once per process).
+pub fn static_agent() -> PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("BANGER_AGENT_BIN") {
+                return PathBuf::from(bin);
+            }
+            let root = workspace_root();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(&root)
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                    "-p",
+                    "banger-agent",
+                ])
+                .status()
+                .expect("running cargo build for the static agent");
+            assert!(status.success(), "static agent build failed: {status}");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            target.join("x86_64-unknown-linux-gnu/release/banger-agent")
+        })
+        .clone()
+}
+
+/// The test guest's files.
+#[derive(Debug, Clone)]
+pub struct TestGuest {
+    /// bzImage, for QEMU.
+    pub vmlinuz: PathBuf,
+    /// ELF vmlinux, for Firecracker.
+    pub vmlinux: PathBuf,
+    /// Busybox initramfs with the modules and the agent.
+    pub initramfs: PathBuf,
+    /// A small empty ext4 used as the image's base rootfs.
+    pub rootfs: PathBuf,
+}
+
+/// Builds (or finds cached) the Debian test guest.
+pub fn test_guest() -> TestGuest {
+    static GUEST: OnceLock<TestGuest> = OnceLock::new();
+    GUEST
+        .get_or_init(|| {
+            let agent = static_agent();
+            let cache = test_cache();
+            let script = workspace_root().join("tests/guest/build-test-guest.sh");
+            let output = Command::new("bash")
+                .arg(&script)
+                .arg(&cache)
+                .arg(&agent)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("running build-test-guest.sh");
+            assert!(
+                output.status.success(),
+                "build-test-guest.sh failed: {}",
+                output.status
+            );
+            let paths: HashMap<String, PathBuf> = String::from_utf8(output.stdout)
+                .expect("utf-8")
+                .lines()
+                .filter_map(|line| line.split_once('='))
+                .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+                .collect();
+            let rootfs = cache.join("empty-rootfs.ext4");
+            if !rootfs.exists() {
+                let tmp = cache.join("empty-rootfs.ext4.tmp");
+                let status = Command::new("mkfs.ext4")
+                    .args(["-q", "-F", "-L", "banger-test"])
+                    .arg(&tmp)
+                    .arg("16M")
+                    .status()
+                    .expect("mkfs.ext4");
+                assert!(status.success());
+                std::fs::rename(&tmp, &rootfs).unwrap();
+            }
+            TestGuest {
+                vmlinuz: paths["vmlinuz"].clone(),
+                vmlinux: paths["vmlinux"].clone(),
+                initramfs: paths["initramfs"].clone(),
+                rootfs,
+            }
+        })
+        .clone()
+}
+
+/// Environment for a daemon (or CLI) rooted in `dir`.
+pub fn environment(dir: &Path, config_toml: &str) -> Environment {
+    std::fs::write(dir.join("config.toml"), config_toml).unwrap();
+    Environment::user([
+        ("HOME", dir.join("home").display().to_string()),
+        ("BANGER_STATE_DIR", dir.join("state").display().to_string()),
+        ("BANGER_RUNTIME_DIR", dir.join("run").display().to_string()),
+        ("BANGER_CACHE_DIR", dir.join("cache").display().to_string()),
+        ("BANGER_DATA_DIR", dir.join("data").display().to_string()),
+        (
+            "BANGER_CONFIG",
+            dir.join("config.toml").display().to_string(),
+        ),
+    ])
+}
+
+/// The whole daemon with the real host layer, serving on a socket in a temp dir.
+#[derive(Debug)]
+pub struct RealDaemon {
+    /// Client of its socket.
+    pub client: Client,
+    /// Its effective config.
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), banger_daemon::DaemonError>>>,
+}
+
+impl RealDaemon {
+    /// Starts it with `config_toml` as its config file.
+    pub async fn start(dir: &Path, config_toml: &str) -> RealDaemon {
+        let config = banger_config::load(&environment(dir, config_toml))
+            .expect("test config")
+            .config;
+        std::fs::create_dir_all(&config.runtime_dir).unwrap();
+        let socket = config.socket_path();
+        let _ = std::fs::remove_file(&socket);
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let host = banger_daemon::Host::real(&config).await;
+        assert!(
+            host.backends.vmm.is_some(),
+            "no usable VMM: {:?}",
+            host.backends.vmm_unavailable
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(banger_daemon::run(
+            listener,
+            config.clone(),
+            host,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client = Client::new(socket);
+        for _ in 0..500 {
+            if client.get::<banger_api::Health>("/v1/health").await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        RealDaemon {
+            client,
+            config,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful stop (VMs keep running).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Like SIGKILL of the daemon: the server task is aborted, VMMs keep running.
+    pub async fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Registers the test guest as image `name` (directly in the store).
+    pub fn add_test_image(&self, name: &str, kernel: &Path, ports: Vec<u16>) -> ImageId {
+        let guest = test_guest();
+        let record = ImageRecord {
+            id: ImageId::new(),
+            name: VmName::parse(name).unwrap(),
+            kernel_path: kernel.to_path_buf(),
+            initrd_path: Some(guest.initramfs.clone()),
+            modules_path: None,
+            rootfs_path: guest.rootfs.clone(),
+            work_seed_path: None,
+            cmdline: "console=ttyS0 panic=-1 quiet".into(),
+            readiness_ports: ports,
+            agent_version: None,
+            parent_id: None,
+            sha256: None,
+            managed: false,
+            size_bytes: 0,
+            created_at: chrono::Utc::now(),
+        };
+        Store::open(&self.config.db_path())
+            .unwrap()
+            .insert_image(&record)
+            .unwrap();
+        record.id
+    }
+
+    /// POST a JSON body, expecting an operation.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> Operation {
+        self.client
+            .call(Method::POST, path, Some(&body))
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e:?}"))
+    }
+
+    /// DELETE, expecting an operation.
+    pub async fn delete(&self, path: &str) -> Operation {
+        self.client
+            .call(Method::DELETE, path, None::<&()>)
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e:?}"))
+    }
+
+    /// Follows an operation to its end (3 minutes at most).
+    pub async fn wait(&self, op: &Operation) -> Operation {
+        tokio::time::timeout(Duration::from_secs(180), self.client.follow(op.id, |_| {}))
+            .await
+            .expect("operation did not finish in 180 s")
+            .expect("following the operation")
+    }
+
+    /// Follows an operation and asserts it succeeded.
+    pub async fn expect_ok(&self, op: &Operation) -> Operation {
+        let done = self.wait(op).await;
+        assert_eq!(done.status, OperationStatus::Succeeded, "{done:#?}");
+        done
+    }
+
+    /// One VM.
+    pub async fn vm(&self, name: &str) -> Vm {
+        self.client.get(&format!("/v1/vms/{name}")).await.unwrap()
+    }
+}
+
+/// The `bangerd` binary of this workspace (built once per test process).
+pub fn bangerd_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "-p", "banger-daemon", "--bin", "bangerd"])
+            .status()
+            .expect("running cargo build for bangerd");
+        assert!(status.success(), "building bangerd failed: {status}");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        target.join("debug/bangerd")
+    })
+    .clone()
+}
+
+/// The real `bangerd` binary as a separate process, so a test can SIGKILL it for real.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    /// Client of its socket.
+    pub client: Client,
+    /// Its config.
+    pub config: Config,
+    child: Option<std::process::Child>,
+}
+
+impl DaemonProcess {
+    /// Starts `bangerd` with the environment of [`environment`].
+    // The child is owned by the returned value, which waits for it on drop; on the panic path
+    // the test is failing anyway and the harness reaps it.
+    #[allow(clippy::zombie_processes)]
+    pub async fn start(dir: &Path, config_toml: &str) -> DaemonProcess {
+        let env = environment(dir, config_toml);
+        let config = banger_config::load(&env).expect("test config").config;
+        std::fs::create_dir_all(&config.state_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("bangerd.log"))
+            .unwrap();
+        let mut command = Command::new(bangerd_binary());
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (key, value) in &env.vars {
+            command.env(key, value);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning bangerd");
+        let client = Client::new(config.socket_path());
+        for _ in 0..1000 {
+            if client.get::<banger_api::Health>("/v1/health").await.is_ok() {
+                return DaemonProcess {
+                    client,
+                    config,
+                    child: Some(child),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "bangerd did not answer; log: {}",
+            std::fs::read_to_string(dir.join("bangerd.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL: nothing in the daemon gets to clean up.
+    pub fn kill9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn terminate(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A network namespace the test creates and deletes on drop.
+#[derive(Debug)]
+pub struct TestNetns {
+    /// Its name.
+    pub name: String,
+}
+
+impl TestNetns {
+    /// Creates `banger-t-<pid>-<n>`.
+    pub fn new(tag: &str) -> TestNetns {
+        let name = format!("bt-{tag}-{}", std::process::id());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add");
+        assert!(status.success(), "ip netns add {name} failed");
+        TestNetns { name }
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Whether process `pid` exists.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+}
