@@ -142,8 +142,23 @@ async fn select_vmm(
             banger_vmm::qemu::Accel::Auto,
         ))
     };
+    let firecracker = || -> Arc<dyn banger_vmm::Vmm> {
+        Arc::new(banger_vmm::firecracker::FirecrackerVmm::new(
+            config
+                .firecracker_bin
+                .clone()
+                .unwrap_or_else(|| "firecracker".into()),
+            processes.clone(),
+        ))
+    };
+    // `auto` prefers Firecracker, but only where it can boot ordinary guest kernels: hardware
+    // KVM. On a PVM-backed /dev/kvm (or none) QEMU runs them under TCG instead; Firecracker is
+    // still used there when asked for by name (with a PVM-capable guest kernel).
     let candidates: Vec<Arc<dyn banger_vmm::Vmm>> = match config.vmm {
-        VmmChoice::Qemu | VmmChoice::Auto | VmmChoice::Firecracker => vec![qemu()],
+        VmmChoice::Qemu => vec![qemu()],
+        VmmChoice::Firecracker => vec![firecracker()],
+        VmmChoice::Auto if hardware_kvm(std::path::Path::new("/")) => vec![firecracker(), qemu()],
+        VmmChoice::Auto => vec![qemu()],
     };
     let mut reasons = Vec::new();
     for candidate in candidates {
@@ -158,9 +173,31 @@ async fn select_vmm(
     (None, Some(reasons.join("; ")))
 }
 
+/// Whether `/dev/kvm` is usable and backed by hardware virtualisation (not `kvm_pvm`), with
+/// host paths under `root`.
+pub fn hardware_kvm(root: &std::path::Path) -> bool {
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(root.join("dev/kvm"))
+        .is_ok();
+    usable && !root.join("sys/module/kvm_pvm").exists()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pvm_backed_kvm_is_not_hardware_kvm() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        assert!(!hardware_kvm(root.path()), "no /dev/kvm");
+        std::fs::write(root.path().join("dev/kvm"), b"").unwrap();
+        assert!(hardware_kvm(root.path()));
+        std::fs::create_dir_all(root.path().join("sys/module/kvm_pvm")).unwrap();
+        assert!(!hardware_kvm(root.path()), "kvm_pvm loaded");
+    }
 
     #[test]
     fn mem_total_is_parsed_in_kib() {

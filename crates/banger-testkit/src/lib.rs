@@ -135,6 +135,39 @@ pub fn test_guest() -> TestGuest {
         .clone()
 }
 
+/// The kernel for Firecracker tests: `BANGER_FC_KERNEL` (an ELF vmlinux, or `.xz` of one, which
+/// is unpacked once into the test cache). On PVM hosts use the PVM kernel from
+/// `shared/testing/pvm-kernel/`.
+pub fn firecracker_kernel() -> PathBuf {
+    let path = PathBuf::from(
+        std::env::var_os("BANGER_FC_KERNEL").expect("BANGER_FC_KERNEL must name a Firecracker guest kernel (ELF vmlinux or .xz)"),
+    );
+    if path.extension().is_some_and(|ext| ext == "xz") {
+        let out = test_cache().join("fc-kernel").join(path.file_stem().expect("file name"));
+        if !out.exists() {
+            std::fs::create_dir_all(out.parent().expect("parent")).unwrap();
+            let tmp = out.with_extension("tmp");
+            let file = std::fs::File::create(&tmp).unwrap();
+            let status = Command::new("xz").arg("-dc").arg(&path).stdout(file).status().expect("xz");
+            assert!(status.success(), "xz -d {} failed", path.display());
+            std::fs::rename(&tmp, &out).unwrap();
+        }
+        out
+    } else {
+        path
+    }
+}
+
+/// Kernel arguments a PVM-backed /dev/kvm needs for the PVM guest kernel (from
+/// `shared/testing/pvm-kernel/README.md`); empty on hosts with hardware KVM.
+pub fn pvm_kernel_args() -> &'static str {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        "mitigations=off noxsave clearcpuid=141,151,154,156,158,150,153,129,288,291,293,296,298,304,306,307,308,311,312,515,534,197,137,147,148,140,157 initcall_blacklist=ptp_kvm_init,jent_mod_init cryptomgr.notests nowatchdog"
+    } else {
+        ""
+    }
+}
+
 /// Environment for a daemon (or CLI) rooted in `dir`.
 pub fn environment(dir: &Path, config_toml: &str) -> Environment {
     std::fs::write(dir.join("config.toml"), config_toml).unwrap();
@@ -265,9 +298,14 @@ impl RealDaemon {
 
     /// Follows an operation to its end (3 minutes at most).
     pub async fn wait(&self, op: &Operation) -> Operation {
-        tokio::time::timeout(Duration::from_secs(180), self.client.follow(op.id, |_| {}))
+        self.wait_for(op, Duration::from_secs(180)).await
+    }
+
+    /// Follows an operation to its end, `limit` at most.
+    pub async fn wait_for(&self, op: &Operation, limit: Duration) -> Operation {
+        tokio::time::timeout(limit, self.client.follow(op.id, |_| {}))
             .await
-            .expect("operation did not finish in 180 s")
+            .unwrap_or_else(|_| panic!("operation did not finish in {limit:?}"))
             .expect("following the operation")
     }
 
