@@ -87,7 +87,7 @@ pub fn run(probe: &dyn HostProbe, inputs: &DoctorInputs) -> Report {
     Report {
         checks,
         kvm: kvm.kind,
-        vmm: vmms.selected(inputs),
+        vmm: vmms.selected(inputs, kvm.kind),
     }
 }
 

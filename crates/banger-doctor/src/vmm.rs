@@ -84,9 +84,13 @@ impl VmmSurvey {
     }
 
     /// The backend `inputs.vmm` resolves to; `None` when it is unknown or its binary is missing.
-    pub(crate) fn selected(&self, inputs: &DoctorInputs) -> Option<VmmBackend> {
+    /// Like the daemon, `auto` takes Firecracker only on hardware KVM: elsewhere ordinary guest
+    /// kernels do not boot under KVM and QEMU runs them under TCG.
+    pub(crate) fn selected(&self, inputs: &DoctorInputs, kvm: KvmKind) -> Option<VmmBackend> {
         match inputs.vmm.as_str() {
-            "auto" if self.firecracker.is_found() => Some(VmmBackend::Firecracker),
+            "auto" if self.firecracker.is_found() && kvm == KvmKind::Hardware => {
+                Some(VmmBackend::Firecracker)
+            }
             "auto" | "qemu" if self.qemu.is_found() => Some(VmmBackend::Qemu),
             "firecracker" if self.firecracker.is_found() => Some(VmmBackend::Firecracker),
             _ => None,
@@ -95,7 +99,7 @@ impl VmmSurvey {
 
     /// The `vmm`, `firecracker`, `qemu` and `vhost-device-vsock` checks, in that order.
     pub(crate) fn checks(&self, inputs: &DoctorInputs, kvm: KvmKind) -> Vec<Check> {
-        let selected = self.selected(inputs);
+        let selected = self.selected(inputs, kvm);
         let vmm = inputs.vmm.as_str();
 
         let firecracker_missing = Missing {
@@ -325,7 +329,7 @@ mod tests {
     fn auto_prefers_firecracker_then_qemu() {
         let host = both();
         assert_eq!(
-            VmmSurvey::take(&host, &inputs("auto")).selected(&inputs("auto")),
+            VmmSurvey::take(&host, &inputs("auto")).selected(&inputs("auto"), KvmKind::Hardware),
             Some(VmmBackend::Firecracker)
         );
         let qemu_only = FakeHost::new().with_binary(
@@ -334,11 +338,13 @@ mod tests {
             "QEMU\n",
         );
         assert_eq!(
-            VmmSurvey::take(&qemu_only, &inputs("auto")).selected(&inputs("auto")),
+            VmmSurvey::take(&qemu_only, &inputs("auto"))
+                .selected(&inputs("auto"), KvmKind::Hardware),
             Some(VmmBackend::Qemu)
         );
         assert_eq!(
-            VmmSurvey::take(&FakeHost::new(), &inputs("auto")).selected(&inputs("auto")),
+            VmmSurvey::take(&FakeHost::new(), &inputs("auto"))
+                .selected(&inputs("auto"), KvmKind::Hardware),
             None
         );
     }
@@ -351,7 +357,10 @@ mod tests {
             "QEMU\n",
         );
         let survey = VmmSurvey::take(&qemu_only, &inputs("firecracker"));
-        assert_eq!(survey.selected(&inputs("firecracker")), None);
+        assert_eq!(
+            survey.selected(&inputs("firecracker"), KvmKind::Hardware),
+            None
+        );
         let checks = survey.checks(&inputs("firecracker"), KvmKind::Hardware);
         assert_eq!(checks[0].status, Status::Fail);
         assert_eq!(checks[1].name, "firecracker");
@@ -359,9 +368,33 @@ mod tests {
         assert_eq!(both_survey_selected("qemu"), Some(VmmBackend::Qemu));
     }
 
+    #[test]
+    fn auto_takes_qemu_on_pvm_even_with_firecracker_installed() {
+        let host = FakeHost::new()
+            .with_binary(FIRECRACKER, "/usr/bin/firecracker", "Firecracker v1.16.1")
+            .with_binary(
+                QEMU,
+                "/usr/bin/qemu-system-x86_64",
+                "QEMU emulator version 7.2.22",
+            );
+        let survey = VmmSurvey::take(&host, &inputs("auto"));
+        assert_eq!(
+            survey.selected(&inputs("auto"), KvmKind::Pvm),
+            Some(VmmBackend::Qemu)
+        );
+        assert_eq!(
+            survey.selected(&inputs("auto"), KvmKind::Hardware),
+            Some(VmmBackend::Firecracker)
+        );
+        assert_eq!(
+            survey.selected(&inputs("firecracker"), KvmKind::Pvm),
+            Some(VmmBackend::Firecracker)
+        );
+    }
+
     fn both_survey_selected(vmm: &str) -> Option<VmmBackend> {
         let host = both();
-        VmmSurvey::take(&host, &inputs(vmm)).selected(&inputs(vmm))
+        VmmSurvey::take(&host, &inputs(vmm)).selected(&inputs(vmm), KvmKind::Hardware)
     }
 
     #[test]
@@ -387,7 +420,10 @@ mod tests {
         assert_eq!(checks[1].status, Status::Fail);
         assert!(checks[1].summary.contains("firecracker_bin"));
         assert!(!host.asked().contains(&"which firecracker".to_owned()));
-        assert_eq!(survey.selected(&configured), Some(VmmBackend::Qemu));
+        assert_eq!(
+            survey.selected(&configured, KvmKind::Hardware),
+            Some(VmmBackend::Qemu)
+        );
     }
 
     #[test]
@@ -404,8 +440,8 @@ mod tests {
     #[test]
     fn firecracker_without_any_kvm_fails_the_backend_check() {
         let host = both();
-        let checks =
-            VmmSurvey::take(&host, &inputs("auto")).checks(&inputs("auto"), KvmKind::Absent);
+        let checks = VmmSurvey::take(&host, &inputs("firecracker"))
+            .checks(&inputs("firecracker"), KvmKind::Absent);
         assert_eq!(checks[0].status, Status::Fail);
         assert!(checks[0]
             .hint
