@@ -224,10 +224,12 @@ impl VmmSurvey {
                 ),
             },
             VmmBackend::Qemu => {
-                let why = if vmm == "auto" {
-                    " (firecracker not found)"
-                } else {
-                    ""
+                let why = match (vmm, self.firecracker.is_found()) {
+                    ("auto", false) => " (firecracker not found)",
+                    ("auto", true) => {
+                        " (firecracker needs hardware KVM for ordinary guest kernels)"
+                    }
+                    _ => "",
                 };
                 let accel = match kvm {
                     KvmKind::Hardware => "accelerated by KVM",
