@@ -14,7 +14,7 @@ use banger_testkit::{pid_alive, test_guest, DaemonProcess, RealDaemon};
 use hyper::Method;
 use serde_json::json;
 
-const CONFIG: &str = "vmm = \"qemu\"\nboot_timeout_secs = 90\nstop_timeout_secs = 10\n\n[vm_defaults]\nvcpus = 1\nmemory_mib = 256\ndisk_size_mib = 256\n";
+const CONFIG: &str = "vmm = \"qemu\"\nboot_timeout_secs = 90\nstop_timeout_secs = 10\n\n[vm_defaults]\nvcpus = 1\nmemory_mib = 256\ndisk_size_mib = 256\n\n# No NIC: networked guests live in e2e_network.rs, inside a namespace.\n[network]\nenabled = false\n";
 
 async fn wait_state(d: &RealDaemon, name: &str, want: VmState) -> banger_api::Vm {
     for _ in 0..600 {
@@ -216,19 +216,23 @@ async fn create_failing_at_a_late_stage_leaves_nothing_behind() {
     );
     assert!(!vm_dir.join("handles.json").exists());
 
-    // A kernel that is not a kernel fails at the vmm stage, also leaving nothing.
+    // A kernel that is not a kernel is refused before anything is created.
     let bogus = dir.path().join("not-a-kernel");
     std::fs::write(&bogus, b"this is not a kernel").unwrap();
     d.add_test_image("bogus", &bogus, vec![]);
-    let done = d
-        .wait(
-            &d.post("/v1/vms", json!({"name": "bogus-vm", "image": "bogus"}))
-                .await,
-        )
-        .await;
-    assert_eq!(done.status, OperationStatus::Failed, "{done:#?}");
-    let vm = d.vm("bogus-vm").await;
-    assert_nothing_left(&d, &vm.id.to_string());
+    let err = d
+        .client
+        .call::<banger_api::Operation>(Method::POST, "/v1/vms", Some(&json!({"name": "bogus-vm", "image": "bogus"})))
+        .await
+        .unwrap_err();
+    match err {
+        banger_cli::client::ClientError::Api(api) => {
+            assert_eq!(api.code, banger_api::ErrorCode::Unsatisfiable);
+            assert!(api.message.contains("not a kernel"), "{}", api.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(d.client.get::<banger_api::Vm>("/v1/vms/bogus-vm").await.is_err(), "no VM row");
     d.stop().await;
 }
 
@@ -314,6 +318,7 @@ fn add_image_to(config: &banger_config::Config, name: &str, ports: Vec<u16>) -> 
         sha256: None,
         managed: false,
         size_bytes: 0,
+        root_mode: banger_api::RootMode::Overlay,
         created_at: chrono::Utc::now(),
     };
     banger_store::Store::open(&config.db_path())
