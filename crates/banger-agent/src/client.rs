@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
 
 use crate::protocol::{
-    ClientCodec, ClientMessage, ErrorCode, ExecRequest, ExitStatus, FrameError, GuestInfo, Health,
-    ServerMessage, TtySize, Version, IO_CHUNK_LEN, PROTOCOL_VERSION,
+    ClientCodec, ClientMessage, ErrorCode, ExecRequest, ExitStatus, FileInfo, FilePutRequest,
+    FrameError, GuestInfo, Health, ServerMessage, TtySize, Version, IO_CHUNK_LEN, PROTOCOL_VERSION,
 };
 
 /// How long one connection attempt (Unix connect, `CONNECT` line, `Hello`) may take.
@@ -49,6 +49,10 @@ pub enum Operation {
     Shutdown,
     WaitPort { port: u16 },
     Exec,
+    HostKey,
+    FilePut,
+    FileGet,
+    PortPipe { port: u16 },
 }
 
 impl fmt::Display for Operation {
@@ -60,6 +64,10 @@ impl fmt::Display for Operation {
             Operation::Shutdown => f.write_str("shutdown"),
             Operation::WaitPort { port } => write!(f, "wait for guest port {port}"),
             Operation::Exec => f.write_str("exec"),
+            Operation::HostKey => f.write_str("read the SSH host key"),
+            Operation::FilePut => f.write_str("file put"),
+            Operation::FileGet => f.write_str("file get"),
+            Operation::PortPipe { port } => write!(f, "connect to guest port {port}"),
         }
     }
 }
@@ -116,6 +124,8 @@ pub enum AgentErrorKind {
     },
     #[error("the agent answered {code}: {message}")]
     Remote { code: ErrorCode, message: String },
+    #[error("reading the data to send")]
+    LocalRead(#[source] io::Error),
     #[error("gave up after {attempts} attempts in {waited:?}")]
     GaveUp {
         attempts: u32,
@@ -365,6 +375,120 @@ impl AgentClient {
                 }
                 output = &mut collect => return output,
             }
+        }
+    }
+
+    /// The guest's SSH host public key, as one OpenSSH line (`ssh-ed25519 AAAA… comment`).
+    pub async fn host_key(&self) -> Result<String, AgentError> {
+        let op = Operation::HostKey;
+        match self
+            .call(op, ClientMessage::HostKey, "host_key_ok", REPLY_TIMEOUT)
+            .await?
+        {
+            ServerMessage::HostKeyOk { key } => Ok(key),
+            other => Err(self.unexpected(op, "host_key_ok", other)),
+        }
+    }
+
+    /// Writes everything `data` yields to `req.path` in the guest (atomically: the agent
+    /// renames a complete temporary file into place). Returns the number of bytes written.
+    pub async fn put_file<R: AsyncRead + Unpin>(
+        &self,
+        req: FilePutRequest,
+        mut data: R,
+    ) -> Result<u64, AgentError> {
+        let op = Operation::FilePut;
+        let err = |kind| self.endpoint.error(op, kind);
+        let mut conn = self.request(op, ClientMessage::FilePut(req)).await?;
+        match read_reply(&mut conn, "file_put_ready", REPLY_TIMEOUT)
+            .await
+            .map_err(err)?
+        {
+            ServerMessage::FilePutReady => {}
+            other => return Err(self.unexpected(op, "file_put_ready", other)),
+        }
+        let mut buf = vec![0u8; IO_CHUNK_LEN];
+        loop {
+            let n = data
+                .read(&mut buf)
+                .await
+                .map_err(|e| err(AgentErrorKind::LocalRead(e)))?;
+            let msg = if n == 0 {
+                ClientMessage::FileEnd
+            } else {
+                ClientMessage::FileData {
+                    data: buf[..n].to_vec(),
+                }
+            };
+            if let Err(e) = conn.send(msg).await {
+                // The agent may have failed the put (disk full, …) and closed: its reason is
+                // worth more than our broken pipe.
+                return match tokio::time::timeout(Duration::from_secs(1), conn.next()).await {
+                    Ok(Some(Ok(ServerMessage::Error { code, message }))) => {
+                        Err(err(AgentErrorKind::Remote { code, message }))
+                    }
+                    _ => Err(err(AgentErrorKind::Frame(e))),
+                };
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        match read_reply(&mut conn, "file_put_ok", REPLY_TIMEOUT)
+            .await
+            .map_err(err)?
+        {
+            ServerMessage::FilePutOk { size } => Ok(size),
+            other => Err(self.unexpected(op, "file_put_ok", other)),
+        }
+    }
+
+    /// Starts reading `path` from the guest: the answer carries its size and mode, and yields
+    /// its contents chunk by chunk.
+    pub async fn get_file(&self, path: &str) -> Result<FileDownload, AgentError> {
+        let op = Operation::FileGet;
+        let mut conn = self
+            .request(op, ClientMessage::FileGet { path: path.into() })
+            .await?;
+        match read_reply(&mut conn, "file_info", REPLY_TIMEOUT)
+            .await
+            .map_err(|kind| self.endpoint.error(op, kind))?
+        {
+            ServerMessage::FileInfo(info) => Ok(FileDownload {
+                info,
+                endpoint: Arc::clone(&self.endpoint),
+                conn,
+                done: false,
+            }),
+            other => Err(self.unexpected(op, "file_info", other)),
+        }
+    }
+
+    /// Opens a byte pipe to TCP `127.0.0.1:port` inside the guest.
+    pub async fn connect_port(&self, port: u16) -> Result<(PipeSender, PipeReceiver), AgentError> {
+        let op = Operation::PortPipe { port };
+        let mut conn = self.request(op, ClientMessage::Connect { port }).await?;
+        match read_reply(&mut conn, "connected", REPLY_TIMEOUT)
+            .await
+            .map_err(|kind| self.endpoint.error(op, kind))?
+        {
+            ServerMessage::Connected => {
+                let (sink, stream) = conn.split();
+                Ok((
+                    PipeSender {
+                        endpoint: Arc::clone(&self.endpoint),
+                        port,
+                        sink,
+                    },
+                    PipeReceiver {
+                        endpoint: Arc::clone(&self.endpoint),
+                        port,
+                        stream,
+                        closed: false,
+                    },
+                ))
+            }
+            other => Err(self.unexpected(op, "connected", other)),
         }
     }
 
@@ -681,6 +805,114 @@ impl ExecEvents {
                         .error(Operation::Exec, AgentErrorKind::Closed { expected: "exit" }))
                 }
             }
+        }
+    }
+}
+
+/// A file being read from the guest ([`AgentClient::get_file`]).
+#[derive(Debug)]
+pub struct FileDownload {
+    info: FileInfo,
+    endpoint: Arc<Endpoint>,
+    conn: Connection,
+    done: bool,
+}
+
+impl FileDownload {
+    /// Size and mode of the file when the transfer started.
+    pub fn info(&self) -> FileInfo {
+        self.info
+    }
+
+    /// The next chunk; `None` once the whole file was received.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, AgentError> {
+        if self.done {
+            return Ok(None);
+        }
+        let op = Operation::FileGet;
+        match read_reply(&mut self.conn, "file_data or file_end", REPLY_TIMEOUT)
+            .await
+            .map_err(|kind| self.endpoint.error(op, kind))?
+        {
+            ServerMessage::FileData { data } => Ok(Some(data)),
+            ServerMessage::FileEnd => {
+                self.done = true;
+                Ok(None)
+            }
+            other => Err(self
+                .endpoint
+                .error(op, unexpected_kind("file_data or file_end", other))),
+        }
+    }
+
+    /// Reads the rest of the file into memory.
+    pub async fn collect(mut self) -> Result<Vec<u8>, AgentError> {
+        let mut out = Vec::with_capacity(usize::try_from(self.info.size).unwrap_or(0));
+        while let Some(chunk) = self.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+}
+
+/// The sending half of a port pipe ([`AgentClient::connect_port`]). Dropping both halves
+/// closes the pipe (and the guest's TCP connection).
+#[derive(Debug)]
+pub struct PipeSender {
+    endpoint: Arc<Endpoint>,
+    port: u16,
+    sink: SplitSink<Connection, ClientMessage>,
+}
+
+impl PipeSender {
+    /// Sends bytes to the guest end (in frames of at most [`IO_CHUNK_LEN`]).
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), AgentError> {
+        let op = Operation::PortPipe { port: self.port };
+        for chunk in data.chunks(IO_CHUNK_LEN) {
+            self.sink
+                .feed(ClientMessage::Data {
+                    data: chunk.to_vec(),
+                })
+                .await
+                .map_err(|e| self.endpoint.error(op, AgentErrorKind::Frame(e)))?;
+        }
+        self.sink
+            .flush()
+            .await
+            .map_err(|e| self.endpoint.error(op, AgentErrorKind::Frame(e)))
+    }
+}
+
+/// The receiving half of a port pipe.
+#[derive(Debug)]
+pub struct PipeReceiver {
+    endpoint: Arc<Endpoint>,
+    port: u16,
+    stream: SplitStream<Connection>,
+    closed: bool,
+}
+
+impl PipeReceiver {
+    /// The next bytes from the guest end; `None` once the guest end closed.
+    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, AgentError> {
+        if self.closed {
+            return Ok(None);
+        }
+        let err = |kind| {
+            self.endpoint
+                .error(Operation::PortPipe { port: self.port }, kind)
+        };
+        match self.stream.next().await {
+            None => Err(err(AgentErrorKind::Closed {
+                expected: "data or connection_closed",
+            })),
+            Some(Err(e)) => Err(err(AgentErrorKind::Frame(e))),
+            Some(Ok(ServerMessage::Data { data })) => Ok(Some(data)),
+            Some(Ok(ServerMessage::ConnectionClosed)) => {
+                self.closed = true;
+                Ok(None)
+            }
+            Some(Ok(other)) => Err(err(unexpected_kind("data or connection_closed", other))),
         }
     }
 }

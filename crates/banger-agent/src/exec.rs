@@ -431,8 +431,12 @@ where
     let started = match spawn(&req) {
         Ok(started) => started,
         Err(err) => {
-            let code = match err {
+            let code = match &err {
                 SpawnError::EmptyArgv => ErrorCode::BadRequest,
+                // No such program (or cwd): `not_found`, so hosts can answer 127 like a shell.
+                SpawnError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                    ErrorCode::NotFound
+                }
                 _ => ErrorCode::SpawnFailed,
             };
             let message = crate::error_chain(&err);

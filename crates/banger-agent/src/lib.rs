@@ -5,23 +5,26 @@
 //! with vhost-device-vsock. Modules:
 //!
 //! - [`protocol`]: the versioned wire types and the length-delimited JSON codec (no I/O).
-//! - [`client`]: the host side, [`AgentClient`] (health, info, shutdown, wait-for-port, exec).
+//! - [`client`]: the host side, [`AgentClient`] (health, info, shutdown, wait-for-port, exec,
+//!   file put/get, SSH host key, port pipe).
 //! - [`server`]: the guest side, [`AgentServer`], on vsock or on any byte stream.
 //! - [`exec`]: the guest side of one exec (process, pipes or pseudo-terminal, signals).
+//! - [`files`]: the guest side of file put/get and of the `Connect` byte pipe.
 //! - [`guest`]: guest facts read from `/proc`, and power control behind a trait.
 //!
 //! The protocol is described for other implementers in `docs/agent-protocol.md`.
 
 pub mod client;
 pub mod exec;
+pub mod files;
 pub mod guest;
 pub mod protocol;
 pub mod server;
 
 pub use client::{AgentClient, AgentError, AgentErrorKind, ExecEvent, ExecOutput, ExecSession};
 pub use protocol::{
-    ExecRequest, ExitStatus, GuestInfo, Health, TtySize, Version, AGENT_PORT, AGENT_VERSION,
-    PROTOCOL_VERSION,
+    ExecRequest, ExitStatus, FileInfo, FilePutRequest, GuestInfo, Health, TtySize, Version,
+    AGENT_PORT, AGENT_VERSION, PROTOCOL_VERSION,
 };
 pub use server::AgentServer;
 

@@ -13,11 +13,18 @@
 //!   Hello { version }            ──────▶
 //!                                ◀──────   HelloOk { agent_version, protocol } | HelloRefused
 //!   Health | Info | Shutdown
-//!   | WaitPort | Exec            ──────▶
-//!                                ◀──────   HealthOk | InfoOk | ShutdownOk | WaitPortOk | Error
+//!   | WaitPort | HostKey | Exec
+//!   | FilePut | FileGet | Connect ──────▶
+//!                                ◀──────   HealthOk | InfoOk | ShutdownOk | WaitPortOk
+//!                                          | HostKeyOk | Error
 //!   (exec only)
 //!   Stdin | StdinEof | Signal
 //!   | Resize ...                 ──────▶   ◀──────  ExecStarted, Stdout | Stderr ..., Exit
+//!   (file put)                   ◀──────   FilePutReady
+//!   FileData ..., FileEnd        ──────▶   ◀──────  FilePutOk
+//!   (file get)                   ◀──────   FileInfo, FileData ..., FileEnd
+//!   (connect)                    ◀──────   Connected
+//!   Data ...                     ◀─────▶   Data ..., ConnectionClosed
 //! ```
 //!
 //! The full description for other implementers is `docs/agent-protocol.md`. This module owns no
@@ -43,7 +50,7 @@ pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 pub const IO_CHUNK_LEN: usize = 64 * 1024;
 
 /// This build's protocol version.
-pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 0 };
+pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 1 };
 
 /// The agent's own version (the crate version), reported in `HelloOk` and `HealthOk`.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -173,6 +180,8 @@ pub enum ErrorCode {
     SpawnFailed,
     /// A wait (e.g. `WaitPort`) ran out of time.
     Timeout,
+    /// A file, directory or TCP listener named by the request does not exist (since 1.1).
+    NotFound,
     /// Anything else that went wrong inside the agent.
     Internal,
 }
@@ -184,10 +193,40 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::SpawnFailed => "spawn_failed",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::NotFound => "not_found",
             ErrorCode::Internal => "internal",
         };
         f.write_str(name)
     }
+}
+
+/// Where `FilePut` writes and with which metadata (since 1.1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePutRequest {
+    /// Absolute path of the file in the guest. The data goes to a temporary file in the same
+    /// directory, renamed over `path` once complete: readers never see half a file.
+    pub path: String,
+    /// Permission bits (e.g. `0o644`); only the low 12 bits are used.
+    pub mode: u32,
+    /// Owner; the agent's own (root) when absent.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Group; the agent's own when absent.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// When set, missing parent directories are created with this mode (and `uid`/`gid`);
+    /// when absent a missing parent directory is a `not_found` error.
+    #[serde(default)]
+    pub dir_mode: Option<u32>,
+}
+
+/// What `FileInfo` says about a file `FileGet` is about to stream (since 1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Size in bytes when the transfer starts.
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
 }
 
 /// Frames the host sends.
@@ -223,6 +262,32 @@ pub enum ClientMessage {
     },
     /// Resize the process's terminal.
     Resize(TtySize),
+    /// The guest's SSH host public key (since 1.1).
+    HostKey,
+    /// Write a file; answered with `FilePutReady`, then the host sends `FileData` frames and
+    /// one `FileEnd` (since 1.1).
+    FilePut(FilePutRequest),
+    /// Read a file; answered with `FileInfo`, `FileData` frames and `FileEnd` (since 1.1).
+    FileGet {
+        path: String,
+    },
+    /// A byte pipe to TCP `127.0.0.1:port` inside the guest; answered with `Connected`, then
+    /// `Data` frames both ways (since 1.1).
+    Connect {
+        port: u16,
+    },
+    /// A chunk of a file being put.
+    FileData {
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// The file being put is complete.
+    FileEnd,
+    /// Bytes for the guest end of a `Connect` pipe.
+    Data {
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 /// Frames the agent sends.
@@ -258,6 +323,34 @@ pub enum ServerMessage {
     },
     /// Last frame of an exec: the process ended and all its output was sent.
     Exit(ExitStatus),
+    /// Answer to `HostKey`: one OpenSSH public key line, e.g. `ssh-ed25519 AAAA… root@host`.
+    HostKeyOk {
+        key: String,
+    },
+    /// The temporary file for a `FilePut` exists; send the data.
+    FilePutReady,
+    /// The file was written completely and renamed into place.
+    FilePutOk {
+        size: u64,
+    },
+    /// First answer to `FileGet`.
+    FileInfo(FileInfo),
+    /// A chunk of a file being read.
+    FileData {
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// The file being read is complete.
+    FileEnd,
+    /// The `Connect` pipe is open.
+    Connected,
+    /// Bytes from the guest end of a `Connect` pipe.
+    Data {
+        #[serde(with = "base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// The guest end of a `Connect` pipe closed; the agent closes the connection after this.
+    ConnectionClosed,
     /// The request failed; the agent closes the connection after this.
     Error {
         code: ErrorCode,
@@ -279,6 +372,15 @@ impl ServerMessage {
             ServerMessage::Stdout { .. } => "stdout",
             ServerMessage::Stderr { .. } => "stderr",
             ServerMessage::Exit(_) => "exit",
+            ServerMessage::HostKeyOk { .. } => "host_key_ok",
+            ServerMessage::FilePutReady => "file_put_ready",
+            ServerMessage::FilePutOk { .. } => "file_put_ok",
+            ServerMessage::FileInfo(_) => "file_info",
+            ServerMessage::FileData { .. } => "file_data",
+            ServerMessage::FileEnd => "file_end",
+            ServerMessage::Connected => "connected",
+            ServerMessage::Data { .. } => "data",
+            ServerMessage::ConnectionClosed => "connection_closed",
             ServerMessage::Error { .. } => "error",
         }
     }
@@ -298,6 +400,13 @@ impl ClientMessage {
             ClientMessage::StdinEof => "stdin_eof",
             ClientMessage::Signal { .. } => "signal",
             ClientMessage::Resize(_) => "resize",
+            ClientMessage::HostKey => "host_key",
+            ClientMessage::FilePut(_) => "file_put",
+            ClientMessage::FileGet { .. } => "file_get",
+            ClientMessage::Connect { .. } => "connect",
+            ClientMessage::FileData { .. } => "file_data",
+            ClientMessage::FileEnd => "file_end",
+            ClientMessage::Data { .. } => "data",
         }
     }
 }
@@ -524,7 +633,76 @@ mod tests {
                 .prop_map(|data| ClientMessage::Stdin { data }),
             Just(ClientMessage::StdinEof),
             any::<i32>().prop_map(|signal| ClientMessage::Signal { signal }),
+            (any::<u16>(), any::<u16>())
+                .prop_map(|(rows, cols)| ClientMessage::Resize(TtySize { rows, cols })),
+            Just(ClientMessage::HostKey),
+            (
+                ".*",
+                any::<u32>(),
+                proptest::option::of(any::<u32>()),
+                proptest::option::of(any::<u32>()),
+                proptest::option::of(any::<u32>()),
+            )
+                .prop_map(|(path, mode, uid, gid, dir_mode)| {
+                    ClientMessage::FilePut(FilePutRequest {
+                        path,
+                        mode,
+                        uid,
+                        gid,
+                        dir_mode,
+                    })
+                }),
+            ".*".prop_map(|path| ClientMessage::FileGet { path }),
+            any::<u16>().prop_map(|port| ClientMessage::Connect { port }),
+            proptest::collection::vec(any::<u8>(), 0..512)
+                .prop_map(|data| ClientMessage::FileData { data }),
+            Just(ClientMessage::FileEnd),
+            proptest::collection::vec(any::<u8>(), 0..512)
+                .prop_map(|data| ClientMessage::Data { data }),
         ]
+    }
+
+    fn arb_server_message() -> impl Strategy<Value = ServerMessage> {
+        prop_oneof![
+            ".*".prop_map(|key| ServerMessage::HostKeyOk { key }),
+            Just(ServerMessage::FilePutReady),
+            any::<u64>().prop_map(|size| ServerMessage::FilePutOk { size }),
+            (any::<u64>(), any::<u32>())
+                .prop_map(|(size, mode)| ServerMessage::FileInfo(FileInfo { size, mode })),
+            proptest::collection::vec(any::<u8>(), 0..512)
+                .prop_map(|data| ServerMessage::FileData { data }),
+            Just(ServerMessage::FileEnd),
+            Just(ServerMessage::Connected),
+            proptest::collection::vec(any::<u8>(), 0..512)
+                .prop_map(|data| ServerMessage::Data { data }),
+            Just(ServerMessage::ConnectionClosed),
+            proptest::collection::vec(any::<u8>(), 0..512)
+                .prop_map(|data| ServerMessage::Stdout { data }),
+            (
+                proptest::option::of(any::<i32>()),
+                proptest::option::of(any::<i32>()),
+                any::<bool>()
+            )
+                .prop_map(|(code, signal, timed_out)| ServerMessage::Exit(
+                    ExitStatus {
+                        code,
+                        signal,
+                        timed_out
+                    }
+                )),
+            (".*").prop_map(|message| ServerMessage::Error {
+                code: ErrorCode::NotFound,
+                message
+            }),
+        ]
+    }
+
+    fn roundtrip_server(msg: ServerMessage) -> ServerMessage {
+        let mut enc = ServerCodec::new();
+        let mut dec = ClientCodec::new();
+        let mut buf = BytesMut::new();
+        enc.encode(msg, &mut buf).unwrap();
+        dec.decode(&mut buf).unwrap().unwrap()
     }
 
     proptest! {
@@ -548,7 +726,7 @@ mod tests {
         #[test]
         fn decoder_never_panics_on_well_framed_random_payloads(
             payload in proptest::collection::vec(any::<u8>(), 0..256),
-            json_ish in r#"\{"type":"[a-z_]{0,12}"(,"[a-z]{1,6}":("[A-Za-z0-9+/=]{0,12}"|-?[0-9]{1,12}|true|null|\[\]|\{\}))*\}"#,
+            json_ish in r#"\{"type":"(file_put|file_get|file_data|connect|data|host_key|[a-z_]{0,12})"(,"[a-z]{1,6}":("[A-Za-z0-9+/=]{0,12}"|-?[0-9]{1,12}|true|null|\[\]|\{\}))*\}"#,
         ) {
             for body in [payload, json_ish.into_bytes()] {
                 let mut buf = BytesMut::new();
@@ -562,6 +740,35 @@ mod tests {
         #[test]
         fn every_client_message_roundtrips(msg in arb_client_message()) {
             prop_assert_eq!(roundtrip_client(msg.clone()), msg);
+        }
+
+        #[test]
+        fn every_new_server_message_roundtrips(msg in arb_server_message()) {
+            prop_assert_eq!(roundtrip_server(msg.clone()), msg);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_mutated_valid_frames(
+            msg in arb_client_message(),
+            reply in arb_server_message(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<usize>(),
+        ) {
+            // Valid frames with bytes flipped and the tail cut: the shapes a broken or hostile
+            // peer produces, far likelier to reach deep decoder paths than random bytes.
+            let mut a = BytesMut::new();
+            ClientCodec::new().encode(msg, &mut a).unwrap();
+            let mut b = BytesMut::new();
+            ServerCodec::new().encode(reply, &mut b).unwrap();
+            for buf in [&mut a, &mut b] {
+                let len = buf.len();
+                for (at, byte) in &flips {
+                    buf[at % len] ^= byte;
+                }
+                buf.truncate(len - cut % len);
+            }
+            while let Ok(Some(_)) = ServerCodec::new().decode(&mut a) {}
+            while let Ok(Some(_)) = ClientCodec::new().decode(&mut b) {}
         }
     }
 }

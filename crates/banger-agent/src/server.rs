@@ -31,6 +31,9 @@ pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between answering `Shutdown` and acting on it, so the answer leaves the guest.
 pub const SHUTDOWN_DELAY: Duration = Duration::from_millis(200);
 
+/// Where `HostKey` reads the guest's SSH host public key.
+pub const SSH_HOST_KEY_PATH: &str = "/etc/ssh/ssh_host_ed25519_key.pub";
+
 /// One connection could not be served to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -55,6 +58,12 @@ pub enum ConnectionError {
     },
     #[error("streaming an exec")]
     Exec(#[source] crate::exec::ExecStreamError),
+    #[error("serving a {request} request")]
+    Transfer {
+        request: &'static str,
+        #[source]
+        source: crate::files::TransferError,
+    },
 }
 
 /// A listener could not be set up or failed.
@@ -86,6 +95,7 @@ pub struct AgentServer {
     probe: GuestProbe,
     power: Arc<dyn PowerControl>,
     shutdown_delay: Duration,
+    ssh_host_key: PathBuf,
 }
 
 impl AgentServer {
@@ -94,6 +104,38 @@ impl AgentServer {
             probe,
             power,
             shutdown_delay: SHUTDOWN_DELAY,
+            ssh_host_key: PathBuf::from(SSH_HOST_KEY_PATH),
+        }
+    }
+
+    /// Reads the SSH host public key from `path` instead of [`SSH_HOST_KEY_PATH`].
+    pub fn with_ssh_host_key(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ssh_host_key = path.into();
+        self
+    }
+
+    fn host_key(&self) -> ServerMessage {
+        match std::fs::read_to_string(&self.ssh_host_key) {
+            Ok(text) => match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+                Some(key) => ServerMessage::HostKeyOk {
+                    key: key.to_owned(),
+                },
+                None => ServerMessage::Error {
+                    code: ErrorCode::Internal,
+                    message: format!("{} is empty", self.ssh_host_key.display()),
+                },
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => ServerMessage::Error {
+                code: ErrorCode::NotFound,
+                message: format!(
+                    "the guest has no SSH host key at {} (is sshd set up?)",
+                    self.ssh_host_key.display()
+                ),
+            },
+            Err(e) => ServerMessage::Error {
+                code: ErrorCode::Internal,
+                message: format!("reading {}: {e}", self.ssh_host_key.display()),
+            },
         }
     }
 
@@ -161,6 +203,37 @@ impl AgentServer {
                 crate::exec::run(sink, frames, req)
                     .await
                     .map_err(ConnectionError::Exec)
+            }
+            ClientMessage::HostKey => {
+                let reply = self.host_key();
+                send(&mut framed, kind, reply).await
+            }
+            ClientMessage::FilePut(req) => {
+                let (sink, frames) = framed.split();
+                crate::files::put(sink, frames, req)
+                    .await
+                    .map_err(|source| ConnectionError::Transfer {
+                        request: kind,
+                        source,
+                    })
+            }
+            ClientMessage::FileGet { path } => {
+                let (sink, _frames) = framed.split();
+                crate::files::get(sink, path)
+                    .await
+                    .map_err(|source| ConnectionError::Transfer {
+                        request: kind,
+                        source,
+                    })
+            }
+            ClientMessage::Connect { port } => {
+                let (sink, frames) = framed.split();
+                crate::files::connect(sink, frames, port)
+                    .await
+                    .map_err(|source| ConnectionError::Transfer {
+                        request: kind,
+                        source,
+                    })
             }
             other => {
                 let message = format!("{} is not a request", other.kind());
