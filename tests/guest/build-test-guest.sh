@@ -2,8 +2,11 @@
 # Builds banger's test guest from Debian packages, without installing anything:
 #   vmlinuz            Debian cloud kernel (bzImage, for QEMU -kernel)
 #   vmlinux            the same kernel as an ELF (for Firecracker), from the LZ4 payload
-#   initramfs.cpio.gz  busybox + virtio/vsock modules + /init (init.sh beside this script)
-#                      + /sbin/banger-agent
+#   initramfs.cpio.gz  busybox + virtio/vsock/overlay modules + /init (init.sh beside this
+#                      script) + /sbin/banger-agent
+#   rootfs.ext4        the image's base root filesystem (ext4, made with mkfs.ext4 -d, no
+#                      mount): busybox + applet links + /sbin/banger-agent + init.sh as
+#                      /sbin/init; the initramfs's early init mounts it (see init.sh)
 #
 # Usage: build-test-guest.sh CACHE_DIR [AGENT_BINARY]
 #   AGENT_BINARY defaults to the static release build:
@@ -12,7 +15,8 @@
 # The result lives in CACHE_DIR/guest-KEY/, KEY hashing the kernel and busybox package versions,
 # the agent binary, init.sh and this script; a second run with the same inputs only prints the
 # paths. Prints `name=path` lines on stdout; everything else goes to stderr. Exits non-zero with a
-# message on any failure. Needs: apt-get, apt-cache, dpkg-deb, lz4, cpio, gzip, sha256sum, flock.
+# message on any failure. Needs: apt-get, apt-cache, dpkg-deb, lz4, cpio, gzip, sha256sum, flock,
+# mkfs.ext4.
 set -euo pipefail
 
 die() {
@@ -33,11 +37,20 @@ init_script=$script_dir/init.sh
 
 # The modules /init loads; their dependencies are added (and ordered) automatically.
 wanted_modules=(virtio virtio_ring virtio_mmio virtio_blk virtio_net vsock
-    vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport)
+    vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport overlay)
+# Size of the base rootfs (its files take about 5 MB; the rest is free space VMs never see
+# grow: their writes land in their own overlay disk).
+rootfs_size=64M
 
-for tool in apt-get apt-cache dpkg-deb lz4 cpio gzip sha256sum flock find sort grep; do
+for tool in apt-get apt-cache dpkg-deb lz4 cpio gzip sha256sum flock find sort grep mkfs.ext4; do
     command -v "$tool" >/dev/null || die "'$tool' is not installed"
 done
+# The guest's sshd and ssh-keygen come from this host, with their libraries (found by ldd).
+sshd_bin=/usr/sbin/sshd
+keygen_bin=$(command -v ssh-keygen || true)
+[ -x "$sshd_bin" ] || die "$sshd_bin not found; install it with: apt-get install -y openssh-server"
+[ -n "$keygen_bin" ] || die "ssh-keygen not found; install it with: apt-get install -y openssh-client"
+command -v ldd >/dev/null || die "'ldd' is not installed"
 [ -f "$agent" ] || die "agent binary $agent not found; build it with:
   RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu -p banger-agent"
 [ -x "$agent" ] || die "agent binary $agent is not executable"
@@ -74,7 +87,8 @@ kernel_release=${kernel_pkg#linux-image-}
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 key=$(printf '%s\n' "$kernel_pkg=$kernel_version" "busybox-static=$busybox_version" \
-    "agent=$(sha "$agent")" "init=$(sha "$init_script")" "builder=$(sha "${BASH_SOURCE[0]}")" |
+    "agent=$(sha "$agent")" "init=$(sha "$init_script")" "builder=$(sha "${BASH_SOURCE[0]}")" \
+    "sshd=$(sha "$sshd_bin")" "ssh-keygen=$(sha "$keygen_bin")" |
     sha256sum | cut -c1-16)
 out=$cache_dir/guest-$key
 
@@ -82,6 +96,7 @@ print_paths() {
     echo "vmlinuz=$out/vmlinuz"
     echo "vmlinux=$out/vmlinux"
     echo "initramfs=$out/initramfs.cpio.gz"
+    echo "rootfs=$out/rootfs.ext4"
     echo "kernel_release=$kernel_release"
 }
 
@@ -143,6 +158,50 @@ for offset in $(LC_ALL=C grep -obUaP '\x02\x21\x4c\x18' "$vmlinuz_src" | cut -d:
 done
 [ -n "$found_elf" ] || die "no LZ4 stream holding an ELF kernel found in $vmlinuz_src"
 
+# --- OpenSSH ---------------------------------------------------------------------------------
+# sshd listens on 127.0.0.1:22 only; the host reaches it through the agent's Connect pipe
+# (`banger vm ssh`), so it needs no NIC. Host keys are made at boot by init.sh (ssh-keygen -A).
+install_openssh() { # tree root
+    local dest=$1 bin lib
+    for bin in "$sshd_bin" "$keygen_bin"; do
+        mkdir -p "$dest$(dirname "$bin")"
+        cp -L "$bin" "$dest$bin"
+        for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+            [ -e "$dest$lib" ] && continue
+            mkdir -p "$dest$(dirname "$lib")"
+            cp -L "$lib" "$dest$lib" || die "copying $lib (needed by $bin) failed"
+        done
+    done
+    mkdir -p "$dest/etc/ssh" "$dest/root"
+    cat >"$dest/etc/passwd" <<'PASSWD'
+root:x:0:0:root:/root:/bin/sh
+sshd:x:100:65534:sshd privilege separation:/run/sshd:/bin/false
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+PASSWD
+    cat >"$dest/etc/group" <<'GROUP'
+root:x:0:
+tty:x:5:
+nogroup:x:65534:
+GROUP
+    # `*`: no password login, yet not locked (sshd refuses even keys for a `!` account).
+    echo 'root:*:19000:0:99999:7:::' >"$dest/etc/shadow"
+    chmod 0600 "$dest/etc/shadow"
+    printf 'passwd: files\ngroup: files\nshadow: files\n' >"$dest/etc/nsswitch.conf"
+    cat >"$dest/etc/ssh/sshd_config" <<'SSHD'
+# banger test guest: root with keys only, on loopback (the host comes through the agent).
+ListenAddress 127.0.0.1
+Port 22
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+HostKey /etc/ssh/ssh_host_ed25519_key
+AuthorizedKeysFile .ssh/authorized_keys
+PidFile /run/sshd.pid
+SSHD
+}
+
 # --- initramfs ------------------------------------------------------------------------------
 root=$work/root
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,root,etc/banger,lib/modules/banger}
@@ -156,6 +215,7 @@ done
 install -m 0755 "$agent" "$root/sbin/banger-agent"
 install -m 0755 "$init_script" "$root/init"
 echo "banger-guest" >"$root/etc/hostname"
+install_openssh "$root"
 if [ "$(id -u)" = 0 ]; then
     mknod -m 600 "$root/dev/console" c 5 1
     mknod -m 666 "$root/dev/null" c 1 3
@@ -216,6 +276,28 @@ log "modules: ${module_order[*]}"
 (cd "$root" && find . -print0 | LC_ALL=C sort -z |
     cpio --null --quiet -o -H newc -R 0:0) | gzip -9n >"$work/out/initramfs.cpio.gz" ||
     die "packing the initramfs failed"
+
+# --- base rootfs ----------------------------------------------------------------------------
+# What an image's root filesystem holds for this guest: busybox, the agent, and init.sh as
+# /sbin/init (its stage 2). No modules: the initramfs loaded them before switching root.
+base=$work/base
+mkdir -p "$base"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,root,etc/banger,var}
+cp "$work/busybox/bin/busybox" "$base/bin/busybox"
+for applet in $applets; do
+    [ "$applet" = bin/busybox ] && continue
+    mkdir -p "$base/$(dirname "$applet")"
+    ln -sf /bin/busybox "$base/$applet"
+done
+install -m 0755 "$agent" "$base/sbin/banger-agent"
+rm -f "$base/sbin/init"
+install -m 0755 "$init_script" "$base/sbin/init"
+echo "banger-guest" >"$base/etc/hostname"
+install_openssh "$base"
+echo "base" >"$base/etc/banger/root-origin"
+chmod 1777 "$base/tmp"
+chmod 0700 "$base/root"
+mkfs.ext4 -q -F -d "$base" -L banger-base -E root_owner=0:0 "$work/out/rootfs.ext4" "$rootfs_size" >&2 ||
+    die "making the base rootfs failed"
 
 touch "$work/out/.complete"
 rm -rf "$out"

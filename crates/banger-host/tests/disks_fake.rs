@@ -129,3 +129,25 @@ async fn fake_and_real_both_serve_as_shared_trait_objects() {
         assert!(!path.exists());
     }
 }
+
+#[test]
+fn fake_available_bytes_answers_what_it_was_told_and_records_the_path() {
+    let fake = FakeDisks::new();
+    let dir = std::path::Path::new("/state/vms");
+    assert_eq!(fake.available_bytes(dir).unwrap(), 1 << 40);
+
+    fake.set_available_bytes(5 * MIB);
+
+    assert_eq!(fake.available_bytes(dir).unwrap(), 5 * MIB);
+    assert_eq!(
+        fake.calls().last(),
+        Some(&DiskCall::AvailableBytes {
+            path: dir.to_path_buf()
+        })
+    );
+    fake.fail(DiskOp::AvailableBytes);
+    assert!(matches!(
+        fake.available_bytes(dir),
+        Err(DiskError::Injected { .. })
+    ));
+}

@@ -450,3 +450,41 @@ async fn clone_on_xfs_is_a_reflink() {
         vec![9u8; 16 * MIB as usize]
     );
 }
+
+#[test]
+fn available_bytes_is_the_free_space_df_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let disks = RealDisks::new();
+
+    let available = disks.available_bytes(dir.path()).unwrap();
+
+    let output = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let df: u64 = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Other writers on the machine move the number a little between the two reads.
+    assert!(available.abs_diff(df) < 512 * MIB, "{available} vs df {df}");
+}
+
+#[test]
+fn available_bytes_of_a_missing_directory_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere");
+
+    let err = RealDisks::new().available_bytes(&missing).unwrap_err();
+
+    assert!(
+        matches!(&err, DiskError::Statvfs { path, .. } if path == &missing),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("nowhere"), "{err}");
+}
