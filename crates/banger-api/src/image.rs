@@ -72,6 +72,78 @@ pub struct Image {
     pub managed: bool,
     /// Sum of the artifacts' sizes in bytes.
     pub size_bytes: u64,
+    /// How its VMs get their writable root: `overlay` (default) or `clone`.
+    #[serde(default)]
+    pub root_mode: crate::RootMode,
     /// Registration time.
     pub created_at: DateTime<Utc>,
+}
+
+/// Body of `POST /v1/images`: register the user's own boot set. Every path must be absolute
+/// and readable by the daemon; nothing is recorded unless every artifact validates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterImageRequest {
+    /// Unique name (a DNS label).
+    pub name: String,
+    /// Kernel: an ELF vmlinux or a bzImage.
+    pub kernel: String,
+    /// Base root filesystem (ext4).
+    pub rootfs: String,
+    /// Initial ramdisk.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Kernel modules (directory or archive), kept with the boot set.
+    #[serde(default)]
+    pub modules: Option<String>,
+    /// Seed of each VM's work disk (ext4); an empty one is made the first time a VM needs it.
+    #[serde(default)]
+    pub work_seed: Option<String>,
+    /// Kernel command line (default: `root=/dev/vda ro console=ttyS0`).
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Guest TCP ports that must answer before a VM counts as ready.
+    #[serde(default)]
+    pub readiness_ports: Vec<u16>,
+}
+
+/// Body of `POST /v1/images/bootstrap`: build a Debian image from Debian's packages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapImageRequest {
+    /// Debian release (default `bookworm`).
+    #[serde(default)]
+    pub suite: Option<String>,
+    /// Image name (default `debian-12` for bookworm, else `debian-<suite>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Extra Debian packages to include.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Optional services to install: `opencode` (the opencode server on port 4096).
+    #[serde(default)]
+    pub with: Vec<String>,
+    /// Size of the base rootfs in MiB (default 2048).
+    #[serde(default)]
+    pub rootfs_size_mib: Option<u64>,
+}
+
+/// Body of `POST /v1/images/build`: a new image from a VM of `from` after a recipe ran in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildImageRequest {
+    /// Base image (name, id or unique prefix).
+    pub from: String,
+    /// Name of the new image.
+    pub name: String,
+    /// Shell script run as root inside the builder VM (`sh -e`).
+    #[serde(default)]
+    pub script: Option<String>,
+    /// Debian packages installed in the builder VM (downloaded on the host; the VM needs no
+    /// network).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Size of the new base rootfs in MiB (default: the base's data plus room to spare).
+    #[serde(default)]
+    pub rootfs_size_mib: Option<u64>,
 }

@@ -5,16 +5,25 @@
 //! newtypes ([`VmName`]) that cannot exist in an invalid form, and the VM state machine
 //! ([`VmState::transition`]) is defined once, here, beside the enum it governs.
 
+pub mod disk;
 pub mod error;
+pub mod guest;
 pub mod image;
 pub mod operation;
+pub mod port;
 pub mod size;
+pub mod stats;
 pub mod vm;
 
+pub use disk::{RootCloneMethod, RootMode, VmDisk};
 pub use error::{ApiError, ErrorCode};
-pub use image::{Image, ImageId, ImageName};
+pub use image::{
+    BootstrapImageRequest, BuildImageRequest, Image, ImageId, ImageName, RegisterImageRequest,
+};
 pub use operation::{Operation, OperationId, OperationKind, OperationStatus, Stage, StageStatus};
+pub use port::{PortForward, PortProto, PortSpecError};
 pub use size::{parse_size_mib, SizeError};
+pub use stats::{VmStats, VmStatsSample, WebAccess};
 pub use vm::{
     CreateVmRequest, DesiredState, EditVmRequest, InvalidTransition, NameError, StageTiming, Vm,
     VmId, VmName, VmState,

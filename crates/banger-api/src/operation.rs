@@ -56,6 +56,10 @@ pub enum OperationKind {
     RestartVm,
     /// `vm delete`.
     DeleteVm,
+    /// `image bootstrap`.
+    BootstrapImage,
+    /// `image build`.
+    BuildImage,
 }
 
 /// Where an operation is.

@@ -318,6 +318,15 @@ pub struct Vm {
     pub pid: Option<u32>,
     /// Which VMM runs it (`firecracker` or `qemu`), when known.
     pub vmm: Option<String>,
+    /// How its writable root is made (from its image).
+    #[serde(default)]
+    pub root_mode: crate::RootMode,
+    /// How a `clone` root was copied, once it exists.
+    #[serde(default)]
+    pub root_clone_method: Option<crate::RootCloneMethod>,
+    /// Its disk files and the space each takes on the host (the ones that exist now).
+    #[serde(default)]
+    pub disks: Vec<crate::VmDisk>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change of the durable record.
@@ -346,6 +355,9 @@ pub struct CreateVmRequest {
     /// Create without starting (`--no-start`).
     #[serde(default)]
     pub no_start: bool,
+    /// Port forwards to set up with the VM (`--publish HOST:GUEST`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<crate::port::PortForward>,
 }
 
 /// Body of `PATCH /v1/vms/{vm}`: only while stopped.

@@ -159,6 +159,33 @@ impl Client {
         self.call(Method::GET, path, None::<&()>).await
     }
 
+    /// `GET path` and hands every chunk of the body to `on_chunk` as it arrives (a followed
+    /// log); returns when the daemon ends the body.
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut on_chunk: impl FnMut(&[u8]),
+    ) -> Result<(), ClientError> {
+        let response = self.send(Method::GET, path, None).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            return decode(status, &bytes.to_bytes());
+        }
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                on_chunk(data);
+            }
+        }
+        Ok(())
+    }
+
     /// Follows an operation's event stream, calling `on_update` with every snapshot, and
     /// returns the final one.
     pub async fn follow(

@@ -7,6 +7,9 @@
 
 pub mod client;
 pub mod daemon;
+pub mod guest;
+pub mod images;
+pub mod observe;
 pub mod output;
 
 use std::io::Write;
@@ -69,6 +72,14 @@ pub enum Command {
     /// Show configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print an OpenSSH config `Host` block for every VM (for `Include` in ~/.ssh/config).
+    SshConfig,
+    /// Print (or `--open`) the web UI's login link.
+    Web {
+        /// Open it with xdg-open.
+        #[arg(long)]
+        open: bool,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -81,6 +92,12 @@ pub enum Command {
 /// `banger vm ...`
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
+    /// exec, cp, run, ssh (see [`guest::GuestCommand`]).
+    #[command(flatten)]
+    Guest(guest::GuestCommand),
+    /// logs, stats (see [`observe::ObserveCommand`]).
+    #[command(flatten)]
+    Observe(observe::ObserveCommand),
     /// Create a VM and start it (live stage progress).
     Create(CreateArgs),
     /// List VMs.
@@ -122,6 +139,19 @@ pub enum VmCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Forward a host port to a guest port (`HOST:GUEST[/udp]`), list a VM's forwards (no
+    /// mapping), or remove one (`--remove HOST[/udp]`). Forwards listen on the daemon's
+    /// `network.publish_address` (127.0.0.1 by default) and last as long as the VM.
+    Port {
+        /// Name, id or unique prefix.
+        name: String,
+        /// `HOST:GUEST`, `HOST:GUEST/udp`; lists the VM's forwards when absent.
+        #[arg(conflicts_with = "remove")]
+        mapping: Option<banger_api::PortForward>,
+        /// Remove the forward of this host port (`PORT` or `PORT/udp`).
+        #[arg(long, value_name = "HOST")]
+        remove: Option<String>,
+    },
     /// Change vCPUs, memory or work disk size of a stopped VM.
     Edit {
         /// Name, id or unique prefix.
@@ -159,6 +189,12 @@ pub struct CreateArgs {
     /// Create without starting.
     #[arg(long)]
     pub no_start: bool,
+    /// Forward a host port to the VM, `HOST:GUEST[/udp]` (repeatable).
+    #[arg(long = "publish", short = 'p', value_name = "HOST:GUEST")]
+    pub publish: Vec<banger_api::PortForward>,
+    /// With no image on this host yet: bootstrap the default one without asking.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// `banger image ...`
@@ -172,12 +208,23 @@ pub enum ImageCommand {
         /// Name, id or unique prefix.
         name: String,
     },
-    /// Delete an image (refused while VMs use it).
+    /// Delete an image (refused while VMs use it) and the files banger keeps for it.
     #[command(alias = "rm")]
     Delete {
         /// Name, id or unique prefix.
         name: String,
     },
+    /// Register your own kernel + rootfs as an image (validated; your files stay yours).
+    Register(images::RegisterArgs),
+    /// Copy a registered image's files into banger's image store.
+    Promote {
+        /// Name, id or unique prefix.
+        name: String,
+    },
+    /// Build a Debian image from Debian's packages (debootstrap; nothing mounted).
+    Bootstrap(images::BootstrapArgs),
+    /// Build a new image from a VM of another after a script and/or packages.
+    Build(images::BuildArgs),
 }
 
 /// `banger daemon ...`
@@ -356,7 +403,37 @@ pub async fn execute(cli: Cli, env: &Environment, out: &mut impl Write) -> Resul
         Command::Vm(command) => {
             let loaded = load_config(env)?;
             let client = daemon::ensure_running(&loaded.config).await?;
-            vm_command(command, &client, as_json, out).await
+            // No image named and none on the host: offer the default image first.
+            let default_image = match &command {
+                VmCommand::Create(args) if args.image.is_none() => Some(args.yes),
+                VmCommand::Guest(guest::GuestCommand::Run(args)) if args.image.is_none() => {
+                    Some(false)
+                }
+                _ => None,
+            };
+            if let Some(yes) = default_image {
+                let configured = loaded.config.default_image.as_deref();
+                images::offer_default_image(&client, configured, yes, as_json).await?;
+            }
+            match command {
+                VmCommand::Guest(command) => {
+                    guest::execute(command, &client, &loaded.config, out).await
+                }
+                VmCommand::Observe(command) => {
+                    observe::execute(command, &client, as_json, out).await
+                }
+                command => vm_command(command, &client, as_json, out).await,
+            }
+        }
+        Command::Web { open } => {
+            let loaded = load_config(env)?;
+            let client = daemon::ensure_running(&loaded.config).await?;
+            observe::web(&client, open, as_json, out).await
+        }
+        Command::SshConfig => {
+            let loaded = load_config(env)?;
+            let client = daemon::ensure_running(&loaded.config).await?;
+            guest::ssh_config(&client, &loaded.config, out).await
         }
         Command::Image(command) => {
             let loaded = load_config(env)?;
@@ -546,6 +623,14 @@ async fn vm_command(
 ) -> Result<(), Failure> {
     let now = chrono::Utc::now();
     match command {
+        VmCommand::Observe(_) => Err(Failure::new(
+            exit::USAGE,
+            "error: logs and stats are routed in `execute`",
+        )),
+        VmCommand::Guest(_) => Err(Failure::new(
+            exit::USAGE,
+            "error: guest commands need the configuration (routed in `execute`)",
+        )),
         VmCommand::List => {
             let vms: Vec<Vm> = client.get("/v1/vms").await?;
             if as_json {
@@ -570,6 +655,7 @@ async fn vm_command(
                 memory_mib: args.memory,
                 disk_size_mib: args.disk_size,
                 no_start: args.no_start,
+                publish: args.publish,
             };
             let op: Operation = client.call(Method::POST, "/v1/vms", Some(&req)).await?;
             if !as_json {
@@ -706,6 +792,62 @@ async fn vm_command(
                 print(out, &output::vm_detail(&vm, now))
             }
         }
+        VmCommand::Port {
+            name,
+            mapping,
+            remove,
+        } => port_command(client, out, as_json, &name, mapping, remove).await,
+    }
+}
+
+/// `vm port`: add (`HOST:GUEST`), remove (`--remove HOST[/udp]`) or list.
+async fn port_command(
+    client: &Client,
+    out: &mut impl Write,
+    as_json: bool,
+    name: &str,
+    mapping: Option<banger_api::PortForward>,
+    remove: Option<String>,
+) -> Result<(), Failure> {
+    let ports = format!("{}/ports", vm_path(name));
+    if let Some(forward) = mapping {
+        let added: banger_api::PortForward =
+            client.call(Method::POST, &ports, Some(&forward)).await?;
+        return if as_json {
+            json(out, &added)
+        } else {
+            print(
+                out,
+                &format!("{name}: forwarding {}\n", output::port_line(&added)),
+            )
+        };
+    }
+    if let Some(spec) = remove {
+        let (port, proto) = match spec.split_once('/') {
+            Some((port, proto)) => (port, proto),
+            None => (spec.as_str(), "tcp"),
+        };
+        let removed: banger_api::PortForward = client
+            .call(
+                Method::DELETE,
+                &format!("{ports}/{port}?proto={proto}"),
+                None::<&()>,
+            )
+            .await?;
+        return if as_json {
+            json(out, &removed)
+        } else {
+            print(
+                out,
+                &format!("{name}: removed {}\n", output::port_line(&removed)),
+            )
+        };
+    }
+    let list: Vec<banger_api::PortForward> = client.get(&ports).await?;
+    if as_json {
+        json(out, &list)
+    } else {
+        print(out, &output::port_table(&list))
     }
 }
 
@@ -796,6 +938,10 @@ async fn image_command(
                 print(out, &format!("deleted image {}\n", image.name))
             }
         }
+        ImageCommand::Register(args) => images::register(args, client, as_json, out).await,
+        ImageCommand::Promote { name } => images::promote(&name, client, as_json, out).await,
+        ImageCommand::Bootstrap(args) => images::bootstrap(args, client, as_json, out).await,
+        ImageCommand::Build(args) => images::build(args, client, as_json, out).await,
     }
 }
 

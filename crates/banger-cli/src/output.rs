@@ -1,7 +1,9 @@
 //! What users read: tables, detail views, stage lines, errors. Pure functions of their input
 //! (the clock is passed in) so golden-file tests pin them.
 
-use banger_api::{ApiError, Image, Operation, Stage, StageStatus, Vm};
+use banger_api::{
+    ApiError, Image, Operation, RootCloneMethod, RootMode, Stage, StageStatus, Vm, VmDisk,
+};
 use chrono::{DateTime, Utc};
 
 /// A plain text table: a header row, columns separated by two spaces, no trailing spaces.
@@ -116,6 +118,30 @@ pub fn vm_table(vms: &[Vm], now: DateTime<Utc>) -> String {
     table.render()
 }
 
+/// One forward, `HOST -> GUEST/proto`.
+pub fn port_line(forward: &banger_api::PortForward) -> String {
+    format!(
+        "host port {} -> guest port {} ({})",
+        forward.host_port, forward.guest_port, forward.proto
+    )
+}
+
+/// `vm port NAME`.
+pub fn port_table(forwards: &[banger_api::PortForward]) -> String {
+    if forwards.is_empty() {
+        return "No port forwards. Add one with `banger vm port NAME HOST:GUEST`.\n".to_string();
+    }
+    let mut table = Table::new(&["HOST", "GUEST", "PROTO"]);
+    for forward in forwards {
+        table.row(vec![
+            forward.host_port.to_string(),
+            forward.guest_port.to_string(),
+            forward.proto.to_string(),
+        ]);
+    }
+    table.render()
+}
+
 /// `vm show`.
 pub fn vm_detail(vm: &Vm, now: DateTime<Utc>) -> String {
     let mut lines: Vec<(&str, String)> = vec![
@@ -129,6 +155,7 @@ pub fn vm_detail(vm: &Vm, now: DateTime<Utc>) -> String {
         ("vCPUs", vm.vcpus.to_string()),
         ("Memory", mib(vm.memory_mib)),
         ("Work disk", mib(vm.disk_size_mib)),
+        ("Root", root_line(vm)),
         ("IP", vm.ip.clone().unwrap_or_else(|| "-".into())),
         ("DNS", vm.dns_name.clone().unwrap_or_else(|| "-".into())),
         ("MAC", vm.mac.clone().unwrap_or_else(|| "-".into())),
@@ -154,6 +181,9 @@ pub fn vm_detail(vm: &Vm, now: DateTime<Utc>) -> String {
             ),
         ),
     ];
+    for (i, line) in disk_lines(&vm.disks).into_iter().enumerate() {
+        lines.push((if i == 0 { "Disks" } else { "" }, line));
+    }
     if !vm.stage_timings.is_empty() {
         let total: u64 = vm.stage_timings.iter().map(|t| t.duration_ms).sum();
         let stages = vm
@@ -170,6 +200,47 @@ pub fn vm_detail(vm: &Vm, now: DateTime<Utc>) -> String {
     lines
         .iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+        .collect()
+}
+
+/// How the VM's root is made, for `vm show`.
+fn root_line(vm: &Vm) -> String {
+    match (vm.root_mode, vm.root_clone_method) {
+        (RootMode::Overlay, _) => "overlay over the image's shared read-only base".to_string(),
+        (RootMode::Clone, Some(RootCloneMethod::Reflink)) => {
+            "clone of the image's base (reflink: extents shared until written)".to_string()
+        }
+        (RootMode::Clone, Some(RootCloneMethod::SparseCopy)) => {
+            "clone of the image's base (sparse copy: the host cannot reflink)".to_string()
+        }
+        (RootMode::Clone, None) => "clone of the image's base (not made yet)".to_string(),
+    }
+}
+
+/// One aligned line per disk: name, size the guest sees, space the host allocated, file.
+fn disk_lines(disks: &[VmDisk]) -> Vec<String> {
+    let name_width = disks.iter().map(|d| d.name.len()).max().unwrap_or(0);
+    let sizes: Vec<String> = disks
+        .iter()
+        .map(|d| {
+            format!(
+                "{} ({} allocated)",
+                bytes(d.apparent_bytes),
+                bytes(d.allocated_bytes)
+            )
+        })
+        .collect();
+    let size_width = sizes.iter().map(String::len).max().unwrap_or(0);
+    disks
+        .iter()
+        .zip(sizes)
+        .map(|(disk, size)| {
+            let access = if disk.read_only { ", read-only" } else { "" };
+            format!(
+                "{:<name_width$}  {size:<size_width$}  {}{access}",
+                disk.name, disk.path
+            )
+        })
         .collect()
 }
 
@@ -220,6 +291,7 @@ pub fn image_detail(image: &Image) -> String {
         ("Modules", opt(&image.modules_path)),
         ("Rootfs", image.rootfs_path.clone()),
         ("Work seed", opt(&image.work_seed_path)),
+        ("Root mode", image.root_mode.to_string()),
         ("Cmdline", image.cmdline.clone()),
         (
             "Ready ports",
@@ -293,4 +365,60 @@ pub fn api_error(err: &ApiError) -> String {
         out.push_str(&format!("  caused by: {cause}\n"));
     }
     out
+}
+
+/// `vm stats`: one row per VM from its latest sample (`-` before the first sample; rates that
+/// the VMM cannot report show `?`).
+pub fn stats_table(stats: &[banger_api::VmStats]) -> String {
+    if stats.is_empty() {
+        return "No running VMs.\n".to_string();
+    }
+    let rate = |known: bool, per_sec: f64| {
+        if known {
+            format!("{}/s", bytes(per_sec.round() as u64))
+        } else {
+            "?".to_string()
+        }
+    };
+    let mut table = Table::new(&[
+        "NAME",
+        "CPU",
+        "CPU TIME",
+        "RSS",
+        "GUEST MEM",
+        "NET RX",
+        "NET TX",
+        "DISK READ",
+        "DISK WRITE",
+    ]);
+    for vm in stats {
+        let row = match &vm.latest {
+            None => vec![vm.name.clone(), "-".into()],
+            Some(s) => vec![
+                vm.name.clone(),
+                if s.process_known {
+                    format!("{:.1}%", s.cpu_percent)
+                } else {
+                    "?".into()
+                },
+                if s.process_known {
+                    format!("{:.1}s", s.cpu_time_ms as f64 / 1000.0)
+                } else {
+                    "?".into()
+                },
+                if s.process_known {
+                    bytes(s.rss_bytes)
+                } else {
+                    "?".into()
+                },
+                bytes(s.guest_memory_bytes),
+                rate(s.io_known, s.net_rx_bytes_per_sec),
+                rate(s.io_known, s.net_tx_bytes_per_sec),
+                rate(s.io_known, s.block_read_bytes_per_sec),
+                rate(s.io_known, s.block_write_bytes_per_sec),
+            ],
+        };
+        table.row(row);
+    }
+    table.render()
 }

@@ -207,3 +207,41 @@ fn completions_and_version_need_no_daemon() {
         "version does not start the daemon"
     );
 }
+
+#[test]
+fn web_stats_and_logs_commands_against_a_real_daemon() {
+    let env = Env::new();
+    // Web UI off: `banger web` explains how to turn it on.
+    let out = env.banger(&["web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("web.enabled"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env.banger(&["vm", "stats"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "No running VMs.\n");
+    let out = env.banger(&["vm", "logs", "nope"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let out = env.banger(&["vm", "logs", "x", "--console", "--vmm"]);
+    assert_eq!(out.status.code(), Some(2), "--console and --vmm conflict");
+    assert!(env.banger(&["daemon", "stop"]).status.success());
+
+    // Web UI on (a free port): `banger web` prints a login link that works.
+    std::fs::write(
+        env.path("config.toml"),
+        "log_level = \"info\"\n[web]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let out = env.banger(&["web"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let link = text(&out.stdout).lines().next().unwrap().to_string();
+    assert!(link.starts_with("http://127.0.0.1:"), "{link}");
+    let (base, token) = link.split_once("/login?token=").unwrap();
+    assert_eq!(token.len(), 64);
+    let out = env.banger(&["--json", "web"]);
+    let access: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(access["url"], base);
+    assert_eq!(access["token"], token);
+}

@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use banger_api::{
-    DesiredState, Image, ImageId, Stage, StageStatus, StageTiming, Vm, VmId, VmName, VmState,
+    DesiredState, Image, ImageId, RootCloneMethod, RootMode, Stage, StageStatus, StageTiming, Vm,
+    VmDisk, VmId, VmName, VmState,
 };
 use banger_cli::output;
 use chrono::{DateTime, TimeZone, Utc};
@@ -44,6 +45,9 @@ fn vm(name: &str, state: VmState, ip: Option<&str>, minutes_old: i64) -> Vm {
         stage_timings: vec![],
         pid: None,
         vmm: None,
+        root_mode: RootMode::Overlay,
+        root_clone_method: None,
+        disks: vec![],
         created_at: created,
         updated_at: created,
     }
@@ -73,7 +77,41 @@ fn vm_show() {
             duration_ms: ms,
         })
         .collect();
+    running.disks = vec![
+        VmDisk {
+            name: "rootfs".into(),
+            path: "/var/lib/banger/images/debian-12/rootfs.ext4".into(),
+            read_only: true,
+            apparent_bytes: 2 << 30,
+            allocated_bytes: 437 << 20,
+        },
+        VmDisk {
+            name: "overlay".into(),
+            path: "/var/lib/banger/vms/6f1c2d4e/overlay.ext4".into(),
+            read_only: false,
+            apparent_bytes: 8 << 30,
+            allocated_bytes: 4_300_000,
+        },
+        VmDisk {
+            name: "work".into(),
+            path: "/var/lib/banger/vms/6f1c2d4e/work.ext4".into(),
+            read_only: false,
+            apparent_bytes: 4 << 30,
+            allocated_bytes: 121 << 20,
+        },
+    ];
     check("vm_show_running.txt", &output::vm_detail(&running, now()));
+    let mut cloned = vm("foreign", VmState::Stopped, Some("172.30.0.5"), 10);
+    cloned.root_mode = RootMode::Clone;
+    cloned.root_clone_method = Some(RootCloneMethod::SparseCopy);
+    cloned.disks = vec![VmDisk {
+        name: "root".into(),
+        path: "/var/lib/banger/vms/6f1c2d4e/root.ext4".into(),
+        read_only: false,
+        apparent_bytes: 2 << 30,
+        allocated_bytes: 437 << 20,
+    }];
+    check("vm_show_clone.txt", &output::vm_detail(&cloned, now()));
     let mut failed = vm("broken", VmState::Error, Some("172.30.0.4"), 1);
     failed.desired_state = DesiredState::Stopped;
     failed.last_error = Some("VM broken: agent stage failed: no answer within 60s".into());
@@ -97,6 +135,7 @@ fn image_list_and_show() {
         sha256: Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()),
         managed: true,
         size_bytes: 437 * 1024 * 1024,
+        root_mode: RootMode::Overlay,
         created_at: now() - chrono::Duration::days(2),
     };
     check(
@@ -131,4 +170,60 @@ fn stage_lines() {
     .collect::<Vec<_>>()
     .join("\n");
     check("stage_lines.txt", &(lines + "\n"));
+}
+
+#[test]
+fn vm_stats_table() {
+    use banger_api::{VmStats, VmStatsSample};
+    let sample = VmStatsSample {
+        at: now(),
+        cpu_percent: 12.345,
+        cpu_time_ms: 83_400,
+        rss_bytes: 187 << 20,
+        guest_memory_bytes: 1 << 30,
+        process_known: true,
+        io_known: true,
+        net_rx_bytes: 5 << 20,
+        net_tx_bytes: 1 << 20,
+        net_rx_packets: 4000,
+        net_tx_packets: 2500,
+        block_read_bytes: 90 << 20,
+        block_write_bytes: 12 << 20,
+        block_read_ops: 1800,
+        block_write_ops: 300,
+        net_rx_bytes_per_sec: 2048.0,
+        net_tx_bytes_per_sec: 512.0,
+        block_read_bytes_per_sec: 1_572_864.0,
+        block_write_bytes_per_sec: 0.0,
+    };
+    let id = VmId("6f1c2d4e-0000-4000-8000-00000000000a".parse().unwrap());
+    let stats = vec![
+        VmStats {
+            vm_id: id,
+            name: "brave-otter".into(),
+            interval_secs: 5,
+            latest: Some(sample.clone()),
+            samples: vec![],
+        },
+        VmStats {
+            vm_id: id,
+            name: "no-io".into(),
+            interval_secs: 5,
+            latest: Some(VmStatsSample {
+                io_known: false,
+                process_known: false,
+                ..sample
+            }),
+            samples: vec![],
+        },
+        VmStats {
+            vm_id: id,
+            name: "just-started".into(),
+            interval_secs: 5,
+            latest: None,
+            samples: vec![],
+        },
+    ];
+    check("vm_stats.txt", &output::stats_table(&stats));
+    check("vm_stats_empty.txt", &output::stats_table(&[]));
 }

@@ -63,6 +63,10 @@ pub const KEYS: &[&str] = &[
     "network.domain",
     "network.netns",
     "network.tap_pool_size",
+    "network.enabled",
+    "network.publish_address",
+    "network.dns_upstream",
+    "network.resolv_conf",
     "web.enabled",
     "web.listen",
     "web.allow_remote",
@@ -236,6 +240,10 @@ struct FileNetwork {
     domain: Field<String>,
     netns: Field<String>,
     tap_pool_size: Field<i64>,
+    enabled: Field<bool>,
+    publish_address: Field<String>,
+    dns_upstream: Field<String>,
+    resolv_conf: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -509,6 +517,27 @@ impl<'a> Resolver<'a> {
                 file.network.tap_pool_size,
                 |v| int_in(v, 0, 64).map(|n| n as u32),
                 || defaults.tap_pool_size,
+            )?,
+            enabled: self.value("network.enabled", file.network.enabled, Ok, || {
+                defaults.enabled
+            })?,
+            publish_address: self.value(
+                "network.publish_address",
+                file.network.publish_address,
+                ip_addr,
+                || defaults.publish_address,
+            )?,
+            dns_upstream: self.value(
+                "network.dns_upstream",
+                file.network.dns_upstream,
+                dns_servers,
+                || defaults.dns_upstream.clone(),
+            )?,
+            resolv_conf: self.value(
+                "network.resolv_conf",
+                file.network.resolv_conf,
+                path_list,
+                || defaults.resolv_conf.clone(),
             )?,
         };
 
@@ -814,6 +843,44 @@ fn netns_name(value: String) -> Result<String, String> {
             "expected a network namespace name (a file name under /run/netns), got `{value}`"
         ))
     }
+}
+
+fn ip_addr(value: String) -> Result<std::net::IpAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("expected an IP address such as 127.0.0.1, got `{value}`"))
+}
+
+/// `IP[:PORT]` or `[IPv6]:PORT`, comma-separated; port 53 when absent. Empty: none.
+fn dns_servers(value: String) -> Result<Vec<SocketAddr>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<SocketAddr>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    format!(
+                        "expected comma-separated resolvers such as `10.0.0.2, 10.0.0.3:5353`, got `{item}`"
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Comma-separated absolute paths, at least one.
+fn path_list(value: String) -> Result<Vec<PathBuf>, String> {
+    let paths = value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| absolute_path(item.to_owned()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if paths.is_empty() {
+        return Err("expected at least one absolute path".to_owned());
+    }
+    Ok(paths)
 }
 
 fn socket_addr(value: String) -> Result<SocketAddr, String> {

@@ -184,6 +184,15 @@ pub struct NetworkConfig {
     pub netns: Option<String>,
     /// Taps kept created and attached ahead of demand, 0..=64.
     pub tap_pool_size: u32,
+    /// Whether VMs get a network at all; `false` boots them without a NIC.
+    pub enabled: bool,
+    /// Address port forwards listen on, in the daemon's namespace.
+    pub publish_address: std::net::IpAddr,
+    /// Upstream resolvers for names that are not VMs; empty: the nameservers of `resolv_conf`.
+    pub dns_upstream: Vec<SocketAddr>,
+    /// resolv.conf files read in order for upstreams; the first listing a resolver other than
+    /// the systemd stub 127.0.0.53 wins.
+    pub resolv_conf: Vec<std::path::PathBuf>,
 }
 
 impl Default for NetworkConfig {
@@ -194,6 +203,13 @@ impl Default for NetworkConfig {
             domain: "vm".to_owned(),
             netns: None,
             tap_pool_size: 4,
+            enabled: true,
+            publish_address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            dns_upstream: Vec::new(),
+            resolv_conf: vec![
+                "/etc/resolv.conf".into(),
+                "/run/systemd/resolve/resolv.conf".into(),
+            ],
         }
     }
 }

@@ -115,6 +115,35 @@ fn shown(config: &Config) -> Vec<(&'static str, Shown)> {
             "network.tap_pool_size",
             Int(u64::from(c.network.tap_pool_size)),
         ),
+        ("network.enabled", Bool(c.network.enabled)),
+        (
+            "network.publish_address",
+            Str(c.network.publish_address.to_string()),
+        ),
+        (
+            "network.dns_upstream",
+            if c.network.dns_upstream.is_empty() {
+                Shown::Unset("the nameservers of network.resolv_conf".to_owned())
+            } else {
+                Str(c
+                    .network
+                    .dns_upstream
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+            },
+        ),
+        (
+            "network.resolv_conf",
+            Str(c
+                .network
+                .resolv_conf
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")),
+        ),
         ("web.enabled", Bool(c.web.enabled)),
         ("web.listen", Str(c.web.listen.to_string())),
         ("web.allow_remote", Bool(c.web.allow_remote)),

@@ -57,6 +57,10 @@ subnet = "10.77.0.0/20"
 domain = "sandbox.test"
 netns = "banger-test"
 tap_pool_size = 0
+enabled = false
+publish_address = "0.0.0.0"
+dns_upstream = "10.0.0.2, 10.0.0.3:5353"
+resolv_conf = "/etc/resolv.conf, /srv/resolv.conf"
 
 [web]
 enabled = true
@@ -243,6 +247,22 @@ fn full_file_overrides_every_key() {
     assert_eq!(c.network.domain, "sandbox.test");
     assert_eq!(c.network.netns.as_deref(), Some("banger-test"));
     assert_eq!(c.network.tap_pool_size, 0);
+    assert!(!c.network.enabled);
+    assert_eq!(c.network.publish_address.to_string(), "0.0.0.0");
+    assert_eq!(
+        c.network.dns_upstream,
+        vec![
+            "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
+            "10.0.0.3:5353".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        c.network.resolv_conf,
+        vec![
+            PathBuf::from("/etc/resolv.conf"),
+            PathBuf::from("/srv/resolv.conf")
+        ]
+    );
     assert!(c.web.enabled);
     assert_eq!(c.web.listen, "10.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert!(c.web.allow_remote);
@@ -302,7 +322,7 @@ fn unknown_nested_key_names_dotted_key_file_and_line() {
         "{msg}"
     );
     assert!(
-        msg.contains("valid keys in [network]: bridge, subnet, domain, netns, tap_pool_size"),
+        msg.contains("valid keys in [network]: bridge, subnet, domain, netns, tap_pool_size, enabled, publish_address, dns_upstream, resolv_conf"),
         "{msg}"
     );
 }

@@ -3,7 +3,7 @@
 use banger_api::{ErrorCode, InvalidTransition};
 use banger_store::StoreError;
 
-use crate::backends::BoxError;
+use crate::backends::{BoxError, DiskCheckError};
 
 /// Why a lifecycle request failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,21 @@ pub enum CoreError {
     /// The database failed.
     #[error("database")]
     Store(#[from] StoreError),
+    /// The VM's disks cannot be made or grown as asked; nothing was created or changed.
+    #[error(transparent)]
+    Disks(#[from] DiskCheckError),
+    /// A step of an image operation (register, promote, bootstrap, build, a derived artifact)
+    /// failed; nothing half-made was kept.
+    #[error("image {image}: {step} failed")]
+    Image {
+        /// Image name.
+        image: String,
+        /// What was being done.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
     /// The VM's actor is gone (the VM was deleted meanwhile, or the daemon is shutting down).
     #[error("VM {0} is no longer managed (deleted or daemon shutting down)")]
     ActorGone(String),
@@ -73,7 +88,12 @@ impl CoreError {
                 ErrorCode::Conflict
             }
             CoreError::Unsatisfiable(_) => ErrorCode::Unsatisfiable,
-            CoreError::Stage { .. } => ErrorCode::Internal,
+            CoreError::Disks(DiskCheckError::BelowSeed { .. }) => ErrorCode::InvalidInput,
+            CoreError::Disks(DiskCheckError::NoSpace { .. } | DiskCheckError::Image { .. }) => {
+                ErrorCode::Unsatisfiable
+            }
+            CoreError::Disks(DiskCheckError::Host(_)) => ErrorCode::Internal,
+            CoreError::Stage { .. } | CoreError::Image { .. } => ErrorCode::Internal,
             CoreError::Store(StoreError::Conflict { .. })
             | CoreError::Store(StoreError::InUse { .. }) => ErrorCode::Conflict,
             CoreError::Store(StoreError::NotFound { .. }) => ErrorCode::NotFound,
@@ -86,6 +106,9 @@ impl CoreError {
         let api = banger_api::ApiError::from_error(self.code(), self);
         match self {
             CoreError::InvalidInput { field, .. } => api.with_field(*field),
+            CoreError::Disks(DiskCheckError::BelowSeed { .. } | DiskCheckError::NoSpace { .. }) => {
+                api.with_field("disk_size_mib")
+            }
             _ => api,
         }
     }
@@ -101,4 +124,16 @@ impl CoreError {
         }
         text
     }
+}
+
+/// `err` and its causes as one line.
+pub fn chain_of(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }

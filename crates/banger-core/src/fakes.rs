@@ -11,8 +11,10 @@ use banger_store::records::{ImageRecord, VmRecord};
 use banger_vmm::{Drive, NetIface};
 
 use crate::backends::{
-    AgentHealth, BoxError, GuestAgent, NetAttachment, PreparedDisks, VmDisks, VmNetwork,
+    AgentHealth, BoxError, DiskCheckError, GuestAgent, NetAttachment, PreparedDisks, PublishError,
+    RunningVm, VmDisks, VmNetwork,
 };
+use banger_api::{PortForward, PortProto};
 
 #[derive(Debug, thiserror::Error)]
 #[error("injected failure: {0}")]
@@ -38,13 +40,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Fake per-VM disks: writes small marker files in the VM's directory.
+/// Fake per-VM disks: writes small marker files in the VM's directory. Its `check` refuses a
+/// work disk larger than the free space it was told ([`FakeDisks::set_free_bytes`]; unlimited
+/// by default); `usage` reports the marker files that exist.
 #[derive(Debug, Default)]
 pub struct FakeDisks {
     rec: Mutex<Recorder>,
+    free_bytes: Mutex<Option<u64>>,
 }
 
 impl FakeDisks {
+    /// Makes `check` and `check_grow` see `bytes` of free space.
+    pub fn set_free_bytes(&self, bytes: u64) {
+        *lock(&self.free_bytes) = Some(bytes);
+    }
+
+    fn check_space(&self, needed_bytes: u64) -> Result<(), DiskCheckError> {
+        match *lock(&self.free_bytes) {
+            Some(available_bytes) if needed_bytes > available_bytes => {
+                Err(DiskCheckError::NoSpace {
+                    dir: "/fake/vms".into(),
+                    needed_bytes,
+                    available_bytes,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Makes `call` (`prepare`, `grow_work`, `remove`) fail.
     pub fn fail_on(&self, call: &str, message: &str) {
         lock(&self.rec).fail.insert(call.into(), message.into());
@@ -87,11 +110,43 @@ impl VmDisks for FakeDisks {
                 },
             ],
             kernel_args: vec!["banger.overlay=/dev/vdb".into()],
+            root_clone_method: None,
         })
     }
 
     async fn grow_work(&self, vm: &VmRecord, _new_size_mib: u64) -> Result<(), BoxError> {
         lock(&self.rec).record("grow_work", vm.name.as_str())
+    }
+
+    async fn check(&self, image: &ImageRecord, work_size_mib: u64) -> Result<(), DiskCheckError> {
+        lock(&self.rec)
+            .record("check", image.name.as_str())
+            .map_err(DiskCheckError::Host)?;
+        self.check_space(work_size_mib << 20)
+    }
+
+    async fn check_grow(&self, vm: &VmRecord, new_size_mib: u64) -> Result<(), DiskCheckError> {
+        lock(&self.rec)
+            .record("check_grow", vm.name.as_str())
+            .map_err(DiskCheckError::Host)?;
+        self.check_space(new_size_mib.saturating_sub(vm.disk_size_mib) << 20)
+    }
+
+    fn usage(&self, vm: &VmRecord, _image: Option<&ImageRecord>) -> Vec<banger_api::VmDisk> {
+        ["overlay", "work"]
+            .into_iter()
+            .filter_map(|name| {
+                let path = vm.vm_dir.join(format!("{name}.ext4"));
+                let len = std::fs::metadata(&path).ok()?.len();
+                Some(banger_api::VmDisk {
+                    name: name.to_string(),
+                    path: path.to_string_lossy().into_owned(),
+                    read_only: false,
+                    apparent_bytes: len,
+                    allocated_bytes: len,
+                })
+            })
+            .collect()
     }
 
     async fn remove(&self, vm: &VmRecord) -> Result<(), BoxError> {
@@ -106,11 +161,22 @@ impl VmDisks for FakeDisks {
     }
 }
 
-/// Fake network: hands out `ftap<N>` names and tracks which are in use.
+/// Fake network: hands out `ftap<N>` names and tracks which are in use, and which port
+/// forwards are published for which VM.
 #[derive(Debug, Default)]
 pub struct FakeNetwork {
     rec: Mutex<Recorder>,
     taps: Mutex<(u32, BTreeSet<String>)>,
+    /// Attached VM names, published forwards (host port, proto) -> VM name, ports held by
+    /// "another program".
+    ports: Mutex<FakePorts>,
+}
+
+#[derive(Debug, Default)]
+struct FakePorts {
+    attached: BTreeSet<String>,
+    published: std::collections::BTreeMap<(PortProto, u16), String>,
+    occupied: BTreeSet<u16>,
 }
 
 impl FakeNetwork {
@@ -126,12 +192,25 @@ impl FakeNetwork {
     pub fn taps_in_use(&self) -> Vec<String> {
         lock(&self.taps).1.iter().cloned().collect()
     }
+    /// Forwards currently published, as `HOST/proto -> VM`.
+    pub fn published(&self) -> Vec<String> {
+        lock(&self.ports)
+            .published
+            .iter()
+            .map(|((proto, port), vm)| format!("{port}/{proto}->{vm}"))
+            .collect()
+    }
+    /// Makes TCP/UDP host port `port` look held by another program.
+    pub fn occupy_port(&self, port: u16) {
+        lock(&self.ports).occupied.insert(port);
+    }
 }
 
 #[async_trait::async_trait]
 impl VmNetwork for FakeNetwork {
     async fn attach(&self, vm: &VmRecord) -> Result<Option<NetAttachment>, BoxError> {
         lock(&self.rec).record("attach", vm.name.as_str())?;
+        lock(&self.ports).attached.insert(vm.name.to_string());
         let mut taps = lock(&self.taps);
         taps.0 += 1;
         let tap = format!("ftap{}", taps.0);
@@ -153,11 +232,62 @@ impl VmNetwork for FakeNetwork {
         if let Some(tap) = tap {
             lock(&self.taps).1.remove(tap);
         }
+        let mut ports = lock(&self.ports);
+        ports.attached.remove(vm.name.as_str());
+        ports.published.retain(|_, owner| owner != vm.name.as_str());
         Ok(())
     }
 
     fn netns(&self) -> Option<String> {
         None
+    }
+
+    async fn publish(&self, vm: &VmRecord, forward: &PortForward) -> Result<(), PublishError> {
+        lock(&self.rec)
+            .record("publish", &format!("{}:{forward}", vm.name))
+            .map_err(PublishError::Failed)?;
+        let mut ports = lock(&self.ports);
+        if !ports.attached.contains(vm.name.as_str()) {
+            return Ok(());
+        }
+        let key = (forward.proto, forward.host_port);
+        let taken_by_other = ports
+            .published
+            .get(&key)
+            .is_some_and(|owner| owner != vm.name.as_str());
+        if taken_by_other || ports.occupied.contains(&forward.host_port) {
+            return Err(PublishError::PortInUse {
+                forward: *forward,
+                address: "127.0.0.1".into(),
+                source: Box::new(Injected("address already in use".into())),
+            });
+        }
+        ports.published.insert(key, vm.name.to_string());
+        Ok(())
+    }
+
+    async fn unpublish(&self, vm: &VmRecord, forward: &PortForward) -> Result<(), BoxError> {
+        lock(&self.rec).record("unpublish", &format!("{}:{forward}", vm.name))?;
+        let mut ports = lock(&self.ports);
+        let key = (forward.proto, forward.host_port);
+        if ports.published.get(&key).map(String::as_str) == Some(vm.name.as_str()) {
+            ports.published.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn reconcile(&self, running: &[RunningVm]) -> Result<Vec<String>, BoxError> {
+        lock(&self.rec).record("reconcile", &running.len().to_string())?;
+        let mut ports = lock(&self.ports);
+        for vm in running {
+            ports.attached.insert(vm.vm.name.to_string());
+            for forward in &vm.forwards {
+                ports
+                    .published
+                    .insert((forward.proto, forward.host_port), vm.vm.name.to_string());
+            }
+        }
+        Ok(Vec::new())
     }
 }
 
@@ -170,6 +300,9 @@ pub struct FakeAgent {
     rec: Mutex<Recorder>,
     delay: Mutex<Option<Duration>>,
     on_shutdown: Mutex<Option<ShutdownHook>>,
+    keys: Mutex<Vec<(String, String)>>,
+    commands: Mutex<Vec<crate::backends::GuestCommand>>,
+    command_exits: Mutex<Vec<(String, i32)>>,
 }
 
 impl std::fmt::Debug for FakeAgent {
@@ -181,7 +314,7 @@ impl std::fmt::Debug for FakeAgent {
 }
 
 impl FakeAgent {
-    /// Makes `call` (`wait_healthy`, `wait_port`, `shutdown`) fail.
+    /// Makes `call` (`wait_healthy`, `wait_port`, `shutdown`, `install_authorized_key`) fail.
     pub fn fail_on(&self, call: &str, message: &str) {
         lock(&self.rec).fail.insert(call.into(), message.into());
     }
@@ -198,6 +331,19 @@ impl FakeAgent {
     /// Calls so far.
     pub fn calls(&self) -> Vec<String> {
         lock(&self.rec).calls.clone()
+    }
+    /// Public keys installed so far, as `(vsock socket, key)`.
+    pub fn installed_keys(&self) -> Vec<(String, String)> {
+        lock(&self.keys).clone()
+    }
+    /// Commands run through `run_command` so far.
+    pub fn commands(&self) -> Vec<crate::backends::GuestCommand> {
+        lock(&self.commands).clone()
+    }
+    /// Makes every later command whose argv (joined with spaces) contains `needle` exit with
+    /// `code` after printing `failing: <argv>`.
+    pub fn exit_with(&self, needle: &str, code: i32) {
+        lock(&self.command_exits).push((needle.to_string(), code));
     }
 }
 
@@ -238,5 +384,42 @@ impl GuestAgent for FakeAgent {
             hook(vsock_uds);
         }
         Ok(())
+    }
+
+    async fn install_authorized_key(
+        &self,
+        vsock_uds: &Path,
+        public_key: &str,
+    ) -> Result<(), BoxError> {
+        lock(&self.rec).record("install_authorized_key", &uds_name(vsock_uds))?;
+        lock(&self.keys).push((uds_name(vsock_uds), public_key.to_string()));
+        Ok(())
+    }
+
+    /// Records the command; writes `fake output of <argv>` to its stdout file when it has one,
+    /// else prints it; exits 0 unless [`FakeAgent::exit_with`] matched.
+    async fn run_command(
+        &self,
+        vsock_uds: &Path,
+        command: &crate::backends::GuestCommand,
+        output: &crate::backends::LineSink,
+    ) -> Result<i32, BoxError> {
+        let argv = command.argv.join(" ");
+        lock(&self.rec).record("run_command", &uds_name(vsock_uds))?;
+        lock(&self.commands).push(command.clone());
+        let code = lock(&self.command_exits)
+            .iter()
+            .find(|(needle, _)| argv.contains(needle.as_str()))
+            .map(|(_, code)| *code);
+        if let Some(code) = code {
+            output(&format!("failing: {argv}"));
+            return Ok(code);
+        }
+        let text = format!("fake output of {argv}");
+        match &command.stdout_file {
+            Some(path) => std::fs::write(path, text)?,
+            None => output(&text),
+        }
+        Ok(0)
     }
 }

@@ -17,7 +17,7 @@
 //!   -> disks   (VmDisks::prepare)          undo: VmDisks::remove
 //!   -> network (VmNetwork::attach)         undo: VmNetwork::detach
 //!   -> vmm     (Vmm::launch, handles.json) undo: Vmm::kill, remove handles.json
-//!   -> agent   (GuestAgent::wait_healthy)
+//!   -> agent   (GuestAgent::wait_healthy, then install_authorized_key)
 //!   -> services(GuestAgent::wait_port for each readiness port)
 //!   => running
 //! ```
@@ -79,6 +79,11 @@ pub struct ManagerSettings {
     pub host_cpus: u32,
     /// Memory of the host in MiB (upper bound for guest memory).
     pub host_memory_mib: u64,
+    /// banger's SSH public key (one OpenSSH line), installed as root's authorized key in every
+    /// guest once its agent answers; `None` installs nothing.
+    pub authorized_key: Option<String>,
+    /// Where images and their caches live, and what bootstrap puts into images.
+    pub images: crate::images::ImageSettings,
 }
 
 /// A request to a VM's actor.
@@ -194,24 +199,20 @@ impl Manager {
             .store
             .list_images()?
             .into_iter()
-            .map(|image| (image.id, image.name.to_string()))
+            .map(|image| (image.id, image))
             .collect();
         let vms = self.inner.store.list_vms()?;
         Ok(vms
             .iter()
-            .map(|vm| self.to_api(vm, images.get(&vm.image_id).cloned()))
+            .map(|vm| self.to_api(vm, images.get(&vm.image_id)))
             .collect())
     }
 
     /// One VM by id, name or unique prefix.
     pub fn get_vm(&self, reference: &str) -> Result<Vm, CoreError> {
         let vm = self.resolve_vm(reference)?;
-        let image = self
-            .inner
-            .store
-            .get_image(vm.image_id)?
-            .map(|image| image.name.to_string());
-        Ok(self.to_api(&vm, image))
+        let image = self.inner.store.get_image(vm.image_id)?;
+        Ok(self.to_api(&vm, image.as_ref()))
     }
 
     /// The durable record of one VM by id, name or unique prefix.
@@ -256,16 +257,22 @@ impl Manager {
             )));
         }
         self.inner.store.delete_image(image.id)?;
+        self.remove_image_files(image.id);
         Ok(image.to_api())
     }
 
-    fn to_api(&self, vm: &VmRecord, image_name: Option<String>) -> Vm {
+    fn to_api(&self, vm: &VmRecord, image: Option<&ImageRecord>) -> Vm {
         let runtime = lock(&self.inner.runtime).get(&vm.id).cloned();
         Vm {
             id: vm.id,
             name: vm.name.clone(),
             image_id: vm.image_id.to_string(),
-            image_name: image_name.unwrap_or_default(),
+            image_name: image
+                .map(|image| image.name.to_string())
+                .unwrap_or_default(),
+            root_mode: image.map(|image| image.root_mode).unwrap_or_default(),
+            root_clone_method: vm.root_clone_method,
+            disks: self.inner.backends.disks.usage(vm, image),
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
             disk_size_mib: vm.disk_size_mib,
@@ -299,6 +306,21 @@ impl Manager {
         let memory_mib = req.memory_mib.unwrap_or(settings.default_memory_mib);
         let disk_size_mib = req.disk_size_mib.unwrap_or(settings.default_disk_size_mib);
         self.validate_resources(vcpus, memory_mib, disk_size_mib)?;
+        for (i, forward) in req.publish.iter().enumerate() {
+            forward.validate().map_err(|e| CoreError::InvalidInput {
+                field: "publish",
+                message: e.to_string(),
+            })?;
+            if req.publish[..i]
+                .iter()
+                .any(|f| f.proto == forward.proto && f.host_port == forward.host_port)
+            {
+                return Err(CoreError::InvalidInput {
+                    field: "publish",
+                    message: format!("host port {} is published twice", forward.host_port),
+                });
+            }
+        }
         let requested_name = match &req.name {
             Some(name) => Some(VmName::parse(name).map_err(|e| CoreError::InvalidInput {
                 field: "name",
@@ -306,7 +328,15 @@ impl Manager {
             })?),
             None => None,
         };
-        let image_ref = req.image.clone().or_else(|| settings.default_image.clone()).ok_or_else(|| {
+        let image_ref = req.image.clone().or_else(|| settings.default_image.clone()).or_else(|| {
+            // No image named and none configured: the image `banger image bootstrap` makes.
+            self.inner
+                .store
+                .get_image_by_name(crate::images::DEFAULT_IMAGE_NAME)
+                .ok()
+                .flatten()
+                .map(|_| crate::images::DEFAULT_IMAGE_NAME.to_string())
+        }).ok_or_else(|| {
             CoreError::InvalidInput {
                 field: "image",
                 message: "no image given and no default_image configured; list images with `banger image list`"
@@ -314,6 +344,7 @@ impl Manager {
             }
         })?;
         let image = self.resolve_image(&image_ref)?;
+        self.check_kernel(&image)?;
         if self.inner.backends.vmm.is_none() {
             let why = self
                 .inner
@@ -325,6 +356,14 @@ impl Manager {
                 "no usable VMM on this host: {why}"
             )));
         }
+
+        // Before anything is persisted: a broken image or disks that cannot fit is a clear
+        // refusal, not a VM in `error`.
+        self.inner
+            .backends
+            .disks
+            .check(&image, disk_size_mib)
+            .await?;
 
         let mut op = self.inner.ops.begin(
             OperationKind::CreateVm,
@@ -375,6 +414,7 @@ impl Manager {
                 vm_dir: settings.vms_dir.join(id.to_string()),
                 last_error: None,
                 stage_timings: Vec::new(),
+                root_clone_method: None,
                 created_at: now,
                 updated_at: now,
             };
@@ -389,6 +429,19 @@ impl Manager {
             if let Err(err) = store.insert_vm(&record) {
                 let _ = std::fs::remove_dir_all(&record.vm_dir);
                 return Err(err.into());
+            }
+            // `--publish`: claimed with the VM, so a taken host port refuses the create.
+            for forward in &req.publish {
+                if let Err(err) = store.insert_port_forward(record.id, forward) {
+                    let _ = store.delete_vm(record.id);
+                    let _ = std::fs::remove_dir_all(&record.vm_dir);
+                    return Err(match err {
+                        banger_store::StoreError::Conflict { value, .. } => CoreError::Conflict(
+                            format!("host port {value} is already forwarded by banger"),
+                        ),
+                        other => other.into(),
+                    });
+                }
             }
             record
         };
@@ -408,6 +461,35 @@ impl Manager {
             },
         )?;
         Ok(snapshot)
+    }
+
+    /// Refuses, before anything is created, a kernel the configured VMM cannot boot.
+    fn check_kernel(&self, image: &ImageRecord) -> Result<(), CoreError> {
+        let format = crate::kernel::kernel_format(&image.kernel_path).map_err(|err| {
+            CoreError::Unsatisfiable(format!(
+                "image {}: {}",
+                image.name,
+                crate::error::chain_of(&err)
+            ))
+        })?;
+        let firecracker = self
+            .inner
+            .backends
+            .vmm
+            .as_ref()
+            .is_some_and(|v| v.kind() == banger_vmm::VmmKind::Firecracker);
+        // An LZ4 bzImage is fine: the disks stage extracts its vmlinux (crate::images).
+        if firecracker
+            && format != crate::kernel::KernelFormat::Elf
+            && !crate::images::firecracker_can_boot(image)
+        {
+            return Err(CoreError::Unsatisfiable(format!(
+                "image {}: Firecracker boots an ELF vmlinux, but {} is a bzImage",
+                image.name,
+                image.kernel_path.display()
+            )));
+        }
+        Ok(())
     }
 
     fn fresh_name(&self, existing: &[VmRecord]) -> VmName {
@@ -544,12 +626,8 @@ impl Manager {
         let updated = rx
             .await
             .map_err(|_| CoreError::ActorGone(vm.name.to_string()))??;
-        let image = self
-            .inner
-            .store
-            .get_image(updated.image_id)?
-            .map(|image| image.name.to_string());
-        Ok(self.to_api(&updated, image))
+        let image = self.inner.store.get_image(updated.image_id)?;
+        Ok(self.to_api(&updated, image.as_ref()))
     }
 
     fn enqueue(
@@ -674,6 +752,11 @@ impl Manager {
     /// The transient handles of a running VM (for exec, logs, stats).
     pub fn runtime_handles(&self, id: VmId) -> Option<RuntimeHandles> {
         lock(&self.inner.runtime).get(&id).cloned()
+    }
+
+    /// The backends this manager drives.
+    pub fn backends(&self) -> &Backends {
+        &self.inner.backends
     }
 
     /// The VMM backend, when one is usable.
@@ -857,6 +940,11 @@ impl Actor {
         let mut undo = Undo::default();
         let result = async {
             op.stage("disks");
+            // Derived artifacts (work seed, Firecracker's vmlinux) are made on first need.
+            let image = self
+                .prepare_image(&image)
+                .await
+                .map_err(|source| stage_error(&vm, "disks", source))?;
             let disks = self
                 .inner
                 .backends
@@ -865,6 +953,9 @@ impl Actor {
                 .await
                 .map_err(|source| stage_error(&vm, "disks", source))?;
             undo.disks = true;
+            if disks.root_clone_method.is_some() {
+                vm.root_clone_method = disks.root_clone_method;
+            }
             if !start {
                 return Ok(None);
             }
@@ -886,6 +977,8 @@ impl Actor {
             }
             Err(err) => {
                 self.rollback(&vm, undo, true).await;
+                // The rollback removed the disks, the clone root with them.
+                vm.root_clone_method = None;
                 vm.stage_timings = op.timings();
                 let _ = self.save_state(&mut vm, VmState::Error, Some(err.chain()));
                 Err(err)
@@ -901,6 +994,11 @@ impl Actor {
         let mut undo = Undo::default();
         let result = async {
             op.stage("disks");
+            // Derived artifacts (work seed, Firecracker's vmlinux) are made on first need.
+            let image = self
+                .prepare_image(&image)
+                .await
+                .map_err(|source| stage_error(&vm, "disks", source))?;
             let disks = self
                 .inner
                 .backends
@@ -908,6 +1006,9 @@ impl Actor {
                 .prepare(&vm, &image)
                 .await
                 .map_err(|source| stage_error(&vm, "disks", source))?;
+            if disks.root_clone_method.is_some() {
+                vm.root_clone_method = disks.root_clone_method;
+            }
             self.boot(op, &mut vm, &image, disks, &mut undo).await
         }
         .await;
@@ -954,6 +1055,13 @@ impl Actor {
         undo.tap = Some(net.as_ref().map(|n| n.iface.tap.clone()));
         if let Some(net) = &net {
             op.detail(net.iface.tap.clone());
+            for forward in self.inner.store.list_port_forwards(vm.id)? {
+                backends
+                    .network
+                    .publish(vm, &forward)
+                    .await
+                    .map_err(|err| stage_error(vm, "network", Box::new(err)))?;
+            }
         }
 
         op.stage("vmm");
@@ -1017,6 +1125,13 @@ impl Actor {
             .wait_healthy(&runtime.vmm.vsock_uds, settings.boot_timeout)
             .await
             .map_err(|source| stage_error(vm, "agent", self.with_console_tail(vm, source)))?;
+        if let Some(key) = &settings.authorized_key {
+            backends
+                .agent
+                .install_authorized_key(&runtime.vmm.vsock_uds, key)
+                .await
+                .map_err(|source| stage_error(vm, "agent", source))?;
+        }
         op.detail(format!(
             "agent {} after {:.2} s of guest uptime",
             health.version, health.uptime_secs
@@ -1193,6 +1308,7 @@ impl Actor {
                 });
             }
             if size > vm.disk_size_mib {
+                self.inner.backends.disks.check_grow(&vm, size).await?;
                 self.inner
                     .backends
                     .disks
@@ -1211,6 +1327,21 @@ impl Actor {
         vm.updated_at = Utc::now();
         self.inner.store.update_vm(&vm)?;
         Ok(vm)
+    }
+
+    /// The image as this boot uses it, after making any missing derived artifact.
+    async fn prepare_image(
+        &self,
+        image: &ImageRecord,
+    ) -> Result<ImageRecord, crate::backends::BoxError> {
+        crate::images::prepare_for_boot(
+            &self.inner.store,
+            &self.inner.backends.images,
+            &self.inner.settings.images,
+            self.inner.backends.vmm.as_ref().map(|v| v.kind()),
+            image,
+        )
+        .await
     }
 
     fn image_of(&self, vm: &VmRecord) -> Result<ImageRecord, CoreError> {

@@ -156,6 +156,20 @@ impl OpTracker {
         });
     }
 
+    /// A handle that sets the running stage's detail from elsewhere (a stream of output lines
+    /// while the stage runs), without borrowing the tracker.
+    pub fn progress(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let tx = self.tx.clone();
+        move |line: &str| {
+            let line = line.trim_end().to_string();
+            tx.send_modify(|op| {
+                if let Some(stage) = op.stages.last_mut() {
+                    stage.detail = Some(line);
+                }
+            });
+        }
+    }
+
     fn end_stage(&mut self, status: StageStatus, detail: Option<String>) {
         let Some(started) = self.stage_started.take() else {
             return;

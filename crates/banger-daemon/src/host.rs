@@ -45,6 +45,10 @@ pub struct Host {
     pub backends: Backends,
     /// Host limits.
     pub facts: HostFacts,
+    /// Where procfs is (`/proc`); the stats loop reads VMM processes' CPU time and memory
+    /// there. The fake host points it at a directory that does not exist (no process stats)
+    /// unless a test fills one.
+    pub proc_root: std::path::PathBuf,
 }
 
 /// Handles to the fakes of a fake host, for assertions and fault injection.
@@ -60,6 +64,10 @@ pub struct Fakes {
     pub agent: Arc<FakeAgent>,
     /// The fake process table (for leftover-process sweeps).
     pub processes: Arc<banger_host::process::FakeProcesses>,
+    /// The fake disk tool of the image pipeline (work seeds, rootfs checks, copies).
+    pub image_disks: Arc<banger_host::disks::FakeDisks>,
+    /// The fake image build tools (debootstrap, apt, npm, tar).
+    pub build_tools: Arc<banger_host::build_tools::FakeBuildTools>,
 }
 
 impl Host {
@@ -71,6 +79,8 @@ impl Host {
             network: Arc::new(FakeNetwork::default()),
             agent: Arc::new(FakeAgent::default()),
             processes: Arc::new(banger_host::process::FakeProcesses::new()),
+            image_disks: Arc::new(banger_host::disks::FakeDisks::new()),
+            build_tools: Arc::new(banger_host::build_tools::FakeBuildTools::new()),
         };
         let vmm = fakes.vmm.clone();
         fakes.agent.on_shutdown(Box::new(move |uds| {
@@ -90,11 +100,16 @@ impl Host {
                 network: fakes.network.clone(),
                 agent: fakes.agent.clone(),
                 processes: fakes.processes.clone(),
+                images: banger_core::images::ImageHost {
+                    disks: fakes.image_disks.clone(),
+                    tools: fakes.build_tools.clone(),
+                },
             },
             facts: HostFacts {
                 cpus: 8,
                 memory_mib: 16 * 1024,
             },
+            proc_root: "/nonexistent/banger-fake-proc".into(),
         };
         (host, fakes)
     }
@@ -115,11 +130,30 @@ pub async fn real_backends(config: &Config) -> Backends {
         vmm_unavailable,
         disks: Arc::new(banger_core::disks::OverlayDisks::new(
             Arc::new(banger_host::disks::RealDisks::new()),
+            config.vms_dir(),
             8 * 1024,
         )),
-        network: Arc::new(banger_core::NoNetwork),
+        network: vm_network(config),
         agent: Arc::new(crate::agent::VsockAgent),
         processes,
+        images: banger_core::images::ImageHost {
+            disks: Arc::new(banger_host::disks::RealDisks::new()),
+            tools: Arc::new(banger_host::build_tools::RealBuildTools::new()),
+        },
+    }
+}
+
+/// The bridge network when `network.enabled`, else VMs without a NIC.
+fn vm_network(config: &Config) -> Arc<dyn banger_core::VmNetwork> {
+    if !config.network.enabled {
+        return Arc::new(banger_core::NoNetwork);
+    }
+    match banger_net::BridgeNetwork::real(config) {
+        Ok(network) => Arc::new(network),
+        Err(err) => {
+            tracing::error!(error = %err, "VM network unusable; VMs get no NIC");
+            Arc::new(banger_core::NoNetwork)
+        }
     }
 }
 

@@ -120,7 +120,11 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener, Ins
 pub async fn real_host(config: &Config) -> Host {
     let facts = HostFacts::detect();
     let backends = crate::host::real_backends(config).await;
-    Host { backends, facts }
+    Host {
+        backends,
+        facts,
+        proc_root: "/proc".into(),
+    }
 }
 
 #[cfg(test)]

@@ -766,3 +766,93 @@ async fn daemon_stop_route_shuts_the_server_down() {
         .unwrap();
     d.stop().await;
 }
+
+#[tokio::test]
+async fn a_kernel_that_is_no_kernel_is_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    let image = d.add_image("junk", vec![]);
+    std::fs::write(&image.kernel_path, b"definitely not a kernel").unwrap();
+    let err = api_error(
+        d.post_json("/v1/vms", json!({"name": "x", "image": "junk"}))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, ErrorCode::Unsatisfiable);
+    assert!(err.message.contains("not a kernel"), "{}", err.message);
+    let vms: Vec<Vm> = d.client.get("/v1/vms").await.unwrap();
+    assert!(vms.is_empty());
+    assert!(d.vm_dirs().is_empty());
+    assert!(d.fakes.vmm.calls().is_empty() && d.fakes.disks.calls().is_empty());
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn create_too_big_for_the_free_space_is_a_422_and_persists_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    d.add_image("base", vec![]);
+    d.fakes.disks.set_free_bytes(1024 << 20);
+
+    let err = api_error(
+        d.post_json(
+            "/v1/vms",
+            json!({"name": "huge", "image": "base", "disk_size_mib": 2048}),
+        )
+        .await
+        .unwrap_err(),
+    );
+
+    assert_eq!(err.code, ErrorCode::Unsatisfiable);
+    assert_eq!(err.code.http_status(), 422);
+    assert!(
+        err.message.contains("not enough free space") && err.message.contains("2048 MiB"),
+        "{err:?}"
+    );
+    let vms: Vec<Vm> = d.client.get("/v1/vms").await.unwrap();
+    assert!(vms.is_empty());
+    assert!(d.vm_dirs().is_empty());
+    assert!(!d
+        .fakes
+        .disks
+        .calls()
+        .iter()
+        .any(|call| call.starts_with("prepare")));
+
+    // What fits is created, and shows its disks with their sizes.
+    d.create(json!({"name": "fits", "image": "base", "disk_size_mib": 512}))
+        .await;
+    let shown = vm(&d, "fits").await;
+    let names: Vec<&str> = shown.disks.iter().map(|disk| disk.name.as_str()).collect();
+    assert_eq!(names, ["overlay", "work"]);
+    assert_eq!(shown.root_mode, banger_api::RootMode::Overlay);
+    let listed: serde_json::Value = d.client.get("/v1/vms").await.unwrap();
+    assert!(
+        listed[0]["disks"][0]["allocated_bytes"].is_u64(),
+        "{listed:#}"
+    );
+
+    // Growing the work disk beyond the free space is refused the same way, changing nothing.
+    let stopped = d
+        .wait(&d.post_json("/v1/vms/fits/stop", json!(null)).await.unwrap())
+        .await;
+    assert_eq!(stopped.status, OperationStatus::Succeeded, "{stopped:#?}");
+    let err = api_error(
+        d.client
+            .call::<Vm>(
+                Method::PATCH,
+                "/v1/vms/fits",
+                Some(&json!({"disk_size_mib": 4096})),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, ErrorCode::Unsatisfiable);
+    assert_eq!(vm(&d, "fits").await.disk_size_mib, 512);
+    assert!(!d
+        .fakes
+        .disks
+        .calls()
+        .contains(&"grow_work:fits".to_string()));
+    d.stop().await;
+}

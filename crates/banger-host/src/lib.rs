@@ -8,11 +8,13 @@
 //! | tool       | trait                   | real                  | fake                  |
 //! |------------|-------------------------|-----------------------|-----------------------|
 //! | commands   | —                       | [`exec::execute`]     | —                     |
+//! | image builds | [`build_tools::BuildTools`] | `build_tools::RealBuildTools` | `build_tools::FakeBuildTools` |
 //! | disks      | [`disks::Disks`]        | `disks::RealDisks`    | `disks::FakeDisks`    |
 //! | processes  | [`process::Processes`]  | `process::RealProcesses` | `process::FakeProcesses` |
 //! | links      | [`links::Links`]        | `links::RealLinks`    | `links::FakeLinks`    |
 //! | nftables   | [`nft::Nft`]            | `nft::RealNft`        | `nft::FakeNft`        |
 
+pub mod build_tools;
 pub mod disks;
 pub mod exec;
 pub mod links;

@@ -12,7 +12,7 @@ const TABLE: &str = "images";
 
 const COLUMNS: &str = "id, name, kernel_path, initrd_path, modules_path, rootfs_path, \
      work_seed_path, cmdline, readiness_ports, agent_version, parent_id, sha256, managed, \
-     size_bytes, created_at";
+     size_bytes, created_at, root_mode";
 
 impl Store {
     /// Records a new image. [`StoreError::Conflict`] if its id or name is taken,
@@ -30,7 +30,7 @@ impl Store {
             tx.execute(
                 &format!(
                     "INSERT INTO images ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
                 ),
                 params![
                     image.id.to_string(),
@@ -48,6 +48,7 @@ impl Store {
                     image.managed,
                     size_bytes,
                     codec::time_text(&image.created_at),
+                    image.root_mode.as_str(),
                 ],
             )
             .map_err(|err| {
@@ -172,6 +173,7 @@ struct RawImage {
     managed: i64,
     size_bytes: i64,
     created_at: String,
+    root_mode: String,
 }
 
 impl RawImage {
@@ -193,6 +195,7 @@ impl RawImage {
             managed: row.get(12)?,
             size_bytes: row.get(13)?,
             created_at: row.get(14)?,
+            root_mode: row.get(15)?,
         })
     }
 
@@ -214,6 +217,7 @@ impl RawImage {
             managed: row.flag("managed", self.managed)?,
             size_bytes: row.int("size_bytes", self.size_bytes)?,
             created_at: row.time("created_at", &self.created_at)?,
+            root_mode: row.parse("root_mode", &self.root_mode)?,
         })
     }
 }

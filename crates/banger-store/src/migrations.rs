@@ -71,6 +71,37 @@ pub const STEPS: &[M<'static>] = &[
         CREATE UNIQUE INDEX vms_unique_mac ON vms(mac) WHERE mac IS NOT NULL;
         CREATE UNIQUE INDEX vms_unique_vsock_cid ON vms(vsock_cid) WHERE vsock_cid IS NOT NULL;",
     ),
+    // 4: port forwards, a host port (unique per protocol across all VMs) to a guest port of one
+    // VM; they go with their VM (CASCADE). Ports are CHECKed: SQLite INTEGER is wider than u16.
+    M::up(
+        "CREATE TABLE port_forwards (
+            vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+            proto       TEXT NOT NULL CHECK (proto IN ('tcp', 'udp')),
+            host_port   INTEGER NOT NULL CHECK (host_port BETWEEN 1 AND 65535),
+            guest_port  INTEGER NOT NULL CHECK (guest_port BETWEEN 1 AND 65535),
+            created_at  TEXT NOT NULL,
+            PRIMARY KEY (proto, host_port)
+        ) STRICT;
+        CREATE INDEX port_forwards_by_vm ON port_forwards(vm_id);",
+    ),
+    // 5: how VMs get their writable root. `images.root_mode` is `overlay` (banger's early init
+    // mounts an overlay over the shared base; every existing image) or `clone` (a per-VM copy
+    // of the base, for images that cannot take banger's early init); `vms.root_clone_method`
+    // records how a `clone` root was copied (`reflink` or `sparse_copy`), NULL until it exists.
+    M::up(
+        "ALTER TABLE images ADD COLUMN root_mode TEXT NOT NULL DEFAULT 'overlay';
+        ALTER TABLE vms ADD COLUMN root_clone_method TEXT;",
+    ),
+    // 6: the image build cache: a build key (base image fingerprint + recipe hash) -> the image
+    // that build produced. The row goes with its image.
+    M::up(
+        "CREATE TABLE image_builds (
+            key        TEXT PRIMARY KEY NOT NULL,
+            image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX image_builds_by_image ON image_builds(image_id);",
+    ),
 ];
 
 /// The schema version after every step has run.

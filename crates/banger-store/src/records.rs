@@ -8,7 +8,10 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use banger_api::{DesiredState, Image, ImageId, ImageName, StageTiming, VmId, VmName, VmState};
+use banger_api::{
+    DesiredState, Image, ImageId, ImageName, RootCloneMethod, RootMode, StageTiming, VmId, VmName,
+    VmState,
+};
 use chrono::{DateTime, Utc};
 
 /// A registered image: a named, immutable boot set.
@@ -42,6 +45,8 @@ pub struct ImageRecord {
     pub managed: bool,
     /// Sum of the artifacts' sizes in bytes.
     pub size_bytes: u64,
+    /// How its VMs get their writable root.
+    pub root_mode: RootMode,
     /// Registration time.
     pub created_at: DateTime<Utc>,
 }
@@ -64,6 +69,7 @@ impl ImageRecord {
             sha256: self.sha256.clone(),
             managed: self.managed,
             size_bytes: self.size_bytes,
+            root_mode: self.root_mode,
             created_at: self.created_at,
         }
     }
@@ -100,6 +106,9 @@ pub struct VmRecord {
     pub last_error: Option<String>,
     /// Stage timings of the last create/start.
     pub stage_timings: Vec<StageTiming>,
+    /// How its `clone` root was copied from the image's base, once made (`None` for an
+    /// overlay root).
+    pub root_clone_method: Option<RootCloneMethod>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change of this record.

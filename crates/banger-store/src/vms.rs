@@ -19,7 +19,8 @@ use crate::{Store, StoreError};
 const TABLE: &str = "vms";
 
 const COLUMNS: &str = "id, name, image_id, vcpus, memory_mib, disk_size_mib, state, \
-     desired_state, ip, mac, vsock_cid, vm_dir, last_error, stage_timings, created_at, updated_at";
+     desired_state, ip, mac, vsock_cid, vm_dir, last_error, stage_timings, created_at, updated_at, \
+     root_clone_method";
 
 impl Store {
     /// Records a new VM. [`StoreError::Conflict`] if its id, name, IP, MAC or vsock CID is
@@ -30,7 +31,7 @@ impl Store {
             tx.execute(
                 &format!(
                     "INSERT INTO vms ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
                 ),
                 values.params().as_slice(),
             )
@@ -50,7 +51,7 @@ impl Store {
                     "UPDATE vms SET name = ?2, image_id = ?3, vcpus = ?4, memory_mib = ?5, \
                      disk_size_mib = ?6, state = ?7, desired_state = ?8, ip = ?9, mac = ?10, \
                      vsock_cid = ?11, vm_dir = ?12, last_error = ?13, stage_timings = ?14, \
-                     created_at = ?15, updated_at = ?16 WHERE id = ?1",
+                     created_at = ?15, updated_at = ?16, root_clone_method = ?17 WHERE id = ?1",
                     values.params().as_slice(),
                 )
                 .map_err(|err| vm_write_error(err, vm))?;
@@ -209,6 +210,7 @@ struct VmValues {
     stage_timings: String,
     created_at: String,
     updated_at: String,
+    root_clone_method: Option<&'static str>,
 }
 
 impl VmValues {
@@ -230,11 +232,12 @@ impl VmValues {
             stage_timings: codec::json_text("stage_timings", &vm.stage_timings)?,
             created_at: codec::time_text(&vm.created_at),
             updated_at: codec::time_text(&vm.updated_at),
+            root_clone_method: vm.root_clone_method.map(|method| method.as_str()),
         })
     }
 
-    /// Positional parameters `?1..?16`.
-    fn params(&self) -> [&dyn ToSql; 16] {
+    /// Positional parameters `?1..?17`.
+    fn params(&self) -> [&dyn ToSql; 17] {
         [
             &self.id,
             &self.name,
@@ -252,6 +255,7 @@ impl VmValues {
             &self.stage_timings,
             &self.created_at,
             &self.updated_at,
+            &self.root_clone_method,
         ]
     }
 }
@@ -274,6 +278,7 @@ struct RawVm {
     stage_timings: String,
     created_at: String,
     updated_at: String,
+    root_clone_method: Option<String>,
 }
 
 impl RawVm {
@@ -296,6 +301,7 @@ impl RawVm {
             stage_timings: row.get(13)?,
             created_at: row.get(14)?,
             updated_at: row.get(15)?,
+            root_clone_method: row.get(16)?,
         })
     }
 
@@ -318,6 +324,8 @@ impl RawVm {
             stage_timings: row.json("stage_timings", &self.stage_timings)?,
             created_at: row.time("created_at", &self.created_at)?,
             updated_at: row.time("updated_at", &self.updated_at)?,
+            root_clone_method: row
+                .parse_opt("root_clone_method", self.root_clone_method.as_deref())?,
         })
     }
 }

@@ -74,6 +74,8 @@ fn a_fresh_database_is_at_the_latest_version_with_every_table() {
         "vms_unique_ip",
         "vms_unique_mac",
         "vms_unique_vsock_cid",
+        "port_forwards",
+        "port_forwards_by_vm",
     ] {
         assert!(
             names.iter().any(|name| name == expected),
@@ -144,6 +146,15 @@ fn every_older_version_with_data_migrates_to_the_fresh_schema() {
             let image = store.get_image_by_name("debian").unwrap().unwrap();
             assert_eq!(image.readiness_ports, vec![22]);
             assert!(image.managed);
+            // Images from before root modes existed all booted through banger's overlay init.
+            assert_eq!(image.root_mode, banger_api::RootMode::Overlay);
+        }
+        for vm in store.list_vms().unwrap() {
+            assert_eq!(
+                vm.root_clone_method, None,
+                "VM {} from version {version}",
+                vm.name
+            );
         }
         let names: Vec<String> = store
             .list_vms()

@@ -43,7 +43,12 @@ fn guest_uptime_ms(detail: &str) -> Option<f64> {
 async fn bare_boot(runs: usize) -> Vec<(f64, f64)> {
     let guest = test_guest();
     let processes = Arc::new(RealProcesses::new());
-    let vmm = banger_vmm::qemu::QemuVmm::new("qemu-system-x86_64", "vhost-device-vsock", processes, banger_vmm::qemu::Accel::Auto);
+    let vmm = banger_vmm::qemu::QemuVmm::new(
+        "qemu-system-x86_64",
+        "vhost-device-vsock",
+        processes,
+        banger_vmm::qemu::Accel::Auto,
+    );
     let mut out = Vec::new();
     for i in 0..runs {
         let dir = tempfile::tempdir().unwrap();
@@ -66,7 +71,9 @@ async fn bare_boot(runs: usize) -> Vec<(f64, f64)> {
         std::fs::create_dir_all(&spec.run_dir).unwrap();
         let started = Instant::now();
         let handles = vmm.launch(&spec).await.expect("bare launch");
-        let client = AgentClient::connect(&spec.vsock_uds, AGENT_PORT, Duration::from_secs(120)).await.expect("bare agent");
+        let client = AgentClient::connect(&spec.vsock_uds, AGENT_PORT, Duration::from_secs(120))
+            .await
+            .expect("bare agent");
         let health = client.health().await.unwrap();
         let total = started.elapsed().as_secs_f64() * 1000.0;
         out.push((total, health.uptime_secs * 1000.0));
@@ -80,7 +87,10 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs: usize = std::env::var("BANGER_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let runs: usize = std::env::var("BANGER_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let vmm = std::env::var("BANGER_BENCH_VMM").unwrap_or_else(|_| "qemu".into());
     let guest = test_guest();
     let dir = tempfile::tempdir().unwrap();
@@ -88,7 +98,11 @@ async fn main() {
         "vmm = \"{vmm}\"\nboot_timeout_secs = 300\n\n[vm_defaults]\nvcpus = 1\nmemory_mib = 256\ndisk_size_mib = 256\n"
     );
     let d = RealDaemon::start(dir.path(), &config).await;
-    let kernel = if vmm == "firecracker" { guest.vmlinux.clone() } else { guest.vmlinuz.clone() };
+    let kernel = if vmm == "firecracker" {
+        guest.vmlinux.clone()
+    } else {
+        guest.vmlinuz.clone()
+    };
     d.add_test_image("bench", &kernel, vec![]);
 
     let mut totals = Vec::new();
@@ -99,8 +113,15 @@ async fn main() {
     for i in 0..runs {
         let name = format!("bench-{i}");
         let started = Instant::now();
-        let op: banger_api::Operation =
-            d.client.call(Method::POST, "/v1/vms", Some(&json!({"name": name, "image": "bench"}))).await.unwrap();
+        let op: banger_api::Operation = d
+            .client
+            .call(
+                Method::POST,
+                "/v1/vms",
+                Some(&json!({"name": name, "image": "bench"})),
+            )
+            .await
+            .unwrap();
         api_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         let done = d.wait(&op).await;
         let total = started.elapsed().as_secs_f64() * 1000.0;
@@ -113,7 +134,10 @@ async fn main() {
             .and_then(guest_uptime_ms)
             .expect("agent stage reports the guest uptime");
         for stage in &done.stages {
-            stages.entry(stage.name.clone()).or_default().push(stage.duration_ms.unwrap_or(0) as f64);
+            stages
+                .entry(stage.name.clone())
+                .or_default()
+                .push(stage.duration_ms.unwrap_or(0) as f64);
         }
         totals.push(total);
         guest_boots.push(uptime);
@@ -123,11 +147,19 @@ async fn main() {
     }
     d.stop().await;
 
-    let bare = if vmm == "qemu" { bare_boot(runs).await } else { Vec::new() };
+    let bare = if vmm == "qemu" {
+        bare_boot(runs).await
+    } else {
+        Vec::new()
+    };
 
     let (p50, p95) = summary(totals.clone());
     println!("banger create benchmark: {runs} sequential creates, vmm={vmm}, 1 vCPU, 256 MiB, test guest (Debian cloud kernel + busybox initramfs + agent)");
-    println!("  POST /v1/vms answered (allocate done)   p50 {:7.1} ms  p95 {:7.1} ms", summary(api_ms.clone()).0, summary(api_ms).1);
+    println!(
+        "  POST /v1/vms answered (allocate done)   p50 {:7.1} ms  p95 {:7.1} ms",
+        summary(api_ms.clone()).0,
+        summary(api_ms).1
+    );
     println!("  create -> agent ready (running)         p50 {p50:7.1} ms  p95 {p95:7.1} ms");
     let (g50, g95) = summary(guest_boots);
     println!("  guest's own boot (uptime at 1st answer) p50 {g50:7.1} ms  p95 {g95:7.1} ms");
@@ -142,6 +174,9 @@ async fn main() {
         let (b50, b95) = summary(bare.iter().map(|(t, _)| *t).collect());
         let (bu50, _) = summary(bare.iter().map(|(_, u)| *u).collect());
         println!("  bare VMM (QemuVmm::launch + agent, no daemon): p50 {b50:7.1} ms  p95 {b95:7.1} ms (guest uptime p50 {bu50:.1} ms)");
-        println!("  banger's cost over the bare VMM boot:       p50 {:7.1} ms", p50 - b50);
+        println!(
+            "  banger's cost over the bare VMM boot:       p50 {:7.1} ms",
+            p50 - b50
+        );
     }
 }

@@ -81,9 +81,10 @@ pub struct TestGuest {
     pub vmlinuz: PathBuf,
     /// ELF vmlinux, for Firecracker.
     pub vmlinux: PathBuf,
-    /// Busybox initramfs with the modules and the agent.
+    /// Busybox initramfs with the modules, the agent and banger's early init (overlay root).
     pub initramfs: PathBuf,
-    /// A small empty ext4 used as the image's base rootfs.
+    /// The image's base rootfs: an ext4 with busybox, the agent and `/sbin/init`, mounted
+    /// read-only under each VM's overlay root by the initramfs.
     pub rootfs: PathBuf,
 }
 
@@ -113,23 +114,11 @@ pub fn test_guest() -> TestGuest {
                 .filter_map(|line| line.split_once('='))
                 .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
                 .collect();
-            let rootfs = cache.join("empty-rootfs.ext4");
-            if !rootfs.exists() {
-                let tmp = cache.join("empty-rootfs.ext4.tmp");
-                let status = Command::new("mkfs.ext4")
-                    .args(["-q", "-F", "-L", "banger-test"])
-                    .arg(&tmp)
-                    .arg("16M")
-                    .status()
-                    .expect("mkfs.ext4");
-                assert!(status.success());
-                std::fs::rename(&tmp, &rootfs).unwrap();
-            }
             TestGuest {
                 vmlinuz: paths["vmlinuz"].clone(),
                 vmlinux: paths["vmlinux"].clone(),
                 initramfs: paths["initramfs"].clone(),
-                rootfs,
+                rootfs: paths["rootfs"].clone(),
             }
         })
         .clone()
@@ -140,15 +129,23 @@ pub fn test_guest() -> TestGuest {
 /// `shared/testing/pvm-kernel/`.
 pub fn firecracker_kernel() -> PathBuf {
     let path = PathBuf::from(
-        std::env::var_os("BANGER_FC_KERNEL").expect("BANGER_FC_KERNEL must name a Firecracker guest kernel (ELF vmlinux or .xz)"),
+        std::env::var_os("BANGER_FC_KERNEL")
+            .expect("BANGER_FC_KERNEL must name a Firecracker guest kernel (ELF vmlinux or .xz)"),
     );
     if path.extension().is_some_and(|ext| ext == "xz") {
-        let out = test_cache().join("fc-kernel").join(path.file_stem().expect("file name"));
+        let out = test_cache()
+            .join("fc-kernel")
+            .join(path.file_stem().expect("file name"));
         if !out.exists() {
             std::fs::create_dir_all(out.parent().expect("parent")).unwrap();
             let tmp = out.with_extension("tmp");
             let file = std::fs::File::create(&tmp).unwrap();
-            let status = Command::new("xz").arg("-dc").arg(&path).stdout(file).status().expect("xz");
+            let status = Command::new("xz")
+                .arg("-dc")
+                .arg(&path)
+                .stdout(file)
+                .status()
+                .expect("xz");
             assert!(status.success(), "xz -d {} failed", path.display());
             std::fs::rename(&tmp, &out).unwrap();
         }
@@ -169,7 +166,12 @@ pub fn pvm_kernel_args() -> &'static str {
 }
 
 /// Environment for a daemon (or CLI) rooted in `dir`.
+///
+/// Network safety: a config that sets no `network.netns` gets `network.enabled = false` (VMs
+/// without a NIC), so no test ever makes a bridge, tap or rule in the root namespace; one that
+/// asks for a network without a namespace fails here.
 pub fn environment(dir: &Path, config_toml: &str) -> Environment {
+    let config_toml = confine_network(config_toml);
     std::fs::write(dir.join("config.toml"), config_toml).unwrap();
     Environment::user([
         ("HOME", dir.join("home").display().to_string()),
@@ -184,6 +186,26 @@ pub fn environment(dir: &Path, config_toml: &str) -> Environment {
     ])
 }
 
+/// `config_toml` with the VM network off unless it lives in a test-owned namespace.
+fn confine_network(config_toml: &str) -> String {
+    let mut table: toml::Table = config_toml.parse().expect("test config is TOML");
+    let network = table
+        .entry("network")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .expect("[network] is a table");
+    if network.contains_key("netns") {
+        return config_toml.to_string();
+    }
+    assert!(
+        network.get("enabled").and_then(toml::Value::as_bool) != Some(true),
+        "a test config enables the VM network without `network.netns`: tests must never \
+         create links or rules in the root namespace (use TestNetns)"
+    );
+    network.insert("enabled".into(), toml::Value::Boolean(false));
+    toml::to_string(&table).expect("re-serializing the test config")
+}
+
 /// The whole daemon with the real host layer, serving on a socket in a temp dir.
 #[derive(Debug)]
 pub struct RealDaemon {
@@ -193,6 +215,9 @@ pub struct RealDaemon {
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), banger_daemon::DaemonError>>>,
+    /// Whether dropping it kills the VMs it started (not after a deliberate stop or kill: the
+    /// next daemon of the test re-adopts them, and its drop cleans up).
+    sweep_on_drop: bool,
 }
 
 impl RealDaemon {
@@ -232,11 +257,13 @@ impl RealDaemon {
             config,
             stop: Some(stop),
             task: Some(task),
+            sweep_on_drop: true,
         }
     }
 
     /// Graceful stop (VMs keep running).
     pub async fn stop(mut self) {
+        self.sweep_on_drop = false;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -247,6 +274,7 @@ impl RealDaemon {
 
     /// Like SIGKILL of the daemon: the server task is aborted, VMMs keep running.
     pub async fn kill(mut self) {
+        self.sweep_on_drop = false;
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
@@ -255,29 +283,7 @@ impl RealDaemon {
 
     /// Registers the test guest as image `name` (directly in the store).
     pub fn add_test_image(&self, name: &str, kernel: &Path, ports: Vec<u16>) -> ImageId {
-        let guest = test_guest();
-        let record = ImageRecord {
-            id: ImageId::new(),
-            name: VmName::parse(name).unwrap(),
-            kernel_path: kernel.to_path_buf(),
-            initrd_path: Some(guest.initramfs.clone()),
-            modules_path: None,
-            rootfs_path: guest.rootfs.clone(),
-            work_seed_path: None,
-            cmdline: "console=ttyS0 panic=-1 quiet".into(),
-            readiness_ports: ports,
-            agent_version: None,
-            parent_id: None,
-            sha256: None,
-            managed: false,
-            size_bytes: 0,
-            created_at: chrono::Utc::now(),
-        };
-        Store::open(&self.config.db_path())
-            .unwrap()
-            .insert_image(&record)
-            .unwrap();
-        record.id
+        register_test_image(&self.config, name, kernel, ports)
     }
 
     /// POST a JSON body, expecting an operation.
@@ -322,6 +328,34 @@ impl RealDaemon {
     }
 }
 
+/// Registers the test guest (with `kernel`) as image `name` directly in the store of `config`.
+pub fn register_test_image(config: &Config, name: &str, kernel: &Path, ports: Vec<u16>) -> ImageId {
+    let guest = test_guest();
+    let record = ImageRecord {
+        id: ImageId::new(),
+        name: VmName::parse(name).unwrap(),
+        kernel_path: kernel.to_path_buf(),
+        initrd_path: Some(guest.initramfs.clone()),
+        modules_path: None,
+        rootfs_path: guest.rootfs.clone(),
+        work_seed_path: None,
+        cmdline: "console=ttyS0 panic=-1 quiet".into(),
+        readiness_ports: ports,
+        agent_version: None,
+        parent_id: None,
+        sha256: None,
+        managed: false,
+        size_bytes: 0,
+        root_mode: banger_api::RootMode::Overlay,
+        created_at: chrono::Utc::now(),
+    };
+    Store::open(&config.db_path())
+        .unwrap()
+        .insert_image(&record)
+        .unwrap();
+    record.id
+}
+
 /// The `bangerd` binary of this workspace (built once per test process).
 pub fn bangerd_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -350,6 +384,7 @@ pub struct DaemonProcess {
     /// Its config.
     pub config: Config,
     child: Option<std::process::Child>,
+    sweep_on_drop: bool,
 }
 
 impl DaemonProcess {
@@ -386,6 +421,7 @@ impl DaemonProcess {
                     client,
                     config,
                     child: Some(child),
+                    sweep_on_drop: true,
                 };
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -398,6 +434,7 @@ impl DaemonProcess {
 
     /// SIGKILL: nothing in the daemon gets to clean up.
     pub fn kill9(mut self) {
+        self.sweep_on_drop = false;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -406,6 +443,7 @@ impl DaemonProcess {
 
     /// SIGTERM and wait.
     pub fn terminate(mut self) {
+        self.sweep_on_drop = false;
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
@@ -422,6 +460,29 @@ impl Drop for DaemonProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if self.sweep_on_drop {
+            kill_vm_processes(&self.config);
+        }
+    }
+}
+
+impl Drop for RealDaemon {
+    fn drop(&mut self) {
+        if self.sweep_on_drop {
+            kill_vm_processes(&self.config);
+        }
+    }
+}
+
+/// SIGKILLs every process (VMMs, vhost helpers) that names this daemon's runtime directory, so
+/// a failing test never leaves guests running. Only processes the test's daemon started match:
+/// the runtime directory is a fresh temp dir.
+pub fn kill_vm_processes(config: &Config) {
+    use banger_host::process::{Processes, RealProcesses};
+    let processes = RealProcesses::new();
+    let needle = config.runtime_dir.join("vms").display().to_string();
+    for id in processes.find_mentioning(&needle) {
+        let _ = processes.signal(id, nix::sys::signal::Signal::SIGKILL);
     }
 }
 

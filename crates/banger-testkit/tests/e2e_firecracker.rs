@@ -29,13 +29,37 @@ async fn firecracker_lifecycle_through_banger() {
     d.add_test_image("fcguest", &kernel, vec![]);
     let _ = test_guest();
 
-    let op = d.post("/v1/vms", json!({"name": "fc", "image": "fcguest"})).await;
+    let op = d
+        .post("/v1/vms", json!({"name": "fc", "image": "fcguest"}))
+        .await;
     let done = d.wait_for(&op, Duration::from_secs(1500)).await;
-    let vmm_stage = done.stages.iter().find(|s| s.name == "vmm").expect("vmm stage");
-    assert_eq!(vmm_stage.status, StageStatus::Done, "every Firecracker configuration call accepted: {done:#?}");
-    eprintln!("firecracker create: {:#?}", done.stages.iter().map(|s| (s.name.clone(), s.duration_ms, s.detail.clone())).collect::<Vec<_>>());
-    let agent = done.stages.iter().find(|s| s.name == "agent").expect("agent stage");
-    assert_eq!(agent.status, StageStatus::Done, "the guest agent answered over Firecracker's vsock: {done:#?}");
+    let vmm_stage = done
+        .stages
+        .iter()
+        .find(|s| s.name == "vmm")
+        .expect("vmm stage");
+    assert_eq!(
+        vmm_stage.status,
+        StageStatus::Done,
+        "every Firecracker configuration call accepted: {done:#?}"
+    );
+    eprintln!(
+        "firecracker create: {:#?}",
+        done.stages
+            .iter()
+            .map(|s| (s.name.clone(), s.duration_ms, s.detail.clone()))
+            .collect::<Vec<_>>()
+    );
+    let agent = done
+        .stages
+        .iter()
+        .find(|s| s.name == "agent")
+        .expect("agent stage");
+    assert_eq!(
+        agent.status,
+        StageStatus::Done,
+        "the guest agent answered over Firecracker's vsock: {done:#?}"
+    );
     let vm = d.vm("fc").await;
     assert_eq!(vm.state, VmState::Running);
     assert!(vm.vmm.as_deref().unwrap_or("").starts_with("firecracker"));
@@ -44,7 +68,11 @@ async fn firecracker_lifecycle_through_banger() {
 
     let stop = d.post("/v1/vms/fc/stop", json!(null)).await;
     let stopped = d.wait_for(&stop, Duration::from_secs(300)).await;
-    assert_eq!(stopped.status, banger_api::OperationStatus::Succeeded, "{stopped:#?}");
+    assert_eq!(
+        stopped.status,
+        banger_api::OperationStatus::Succeeded,
+        "{stopped:#?}"
+    );
     assert!(!pid_alive(pid), "firecracker exited");
     let run_dir = d.config.runtime_dir.join("vms").join(vm.id.to_string());
     assert!(!run_dir.exists(), "API and vsock sockets removed");
@@ -59,7 +87,13 @@ fn which(bin: &str) -> String {
         return bin.to_string();
     }
     std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(bin)).find(|p| p.is_file()))
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(bin))
+                .find(|p| p.is_file())
+        })
         .map(|p| p.display().to_string())
-        .unwrap_or_else(|| panic!("{bin} not found on PATH: install firecracker or set BANGER_FIRECRACKER"))
+        .unwrap_or_else(|| {
+            panic!("{bin} not found on PATH: install firecracker or set BANGER_FIRECRACKER")
+        })
 }

@@ -222,7 +222,11 @@ async fn create_failing_at_a_late_stage_leaves_nothing_behind() {
     d.add_test_image("bogus", &bogus, vec![]);
     let err = d
         .client
-        .call::<banger_api::Operation>(Method::POST, "/v1/vms", Some(&json!({"name": "bogus-vm", "image": "bogus"})))
+        .call::<banger_api::Operation>(
+            Method::POST,
+            "/v1/vms",
+            Some(&json!({"name": "bogus-vm", "image": "bogus"})),
+        )
         .await
         .unwrap_err();
     match err {
@@ -232,7 +236,13 @@ async fn create_failing_at_a_late_stage_leaves_nothing_behind() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(d.client.get::<banger_api::Vm>("/v1/vms/bogus-vm").await.is_err(), "no VM row");
+    assert!(
+        d.client
+            .get::<banger_api::Vm>("/v1/vms/bogus-vm")
+            .await
+            .is_err(),
+        "no VM row"
+    );
     d.stop().await;
 }
 
@@ -302,28 +312,6 @@ async fn daemon_sigkill_readopts_running_vms_and_reconciles_a_create_in_flight()
 }
 
 fn add_image_to(config: &banger_config::Config, name: &str, ports: Vec<u16>) -> String {
-    let guest = test_guest();
-    let record = banger_store::records::ImageRecord {
-        id: banger_api::ImageId::new(),
-        name: banger_api::VmName::parse(name).unwrap(),
-        kernel_path: guest.vmlinuz.clone(),
-        initrd_path: Some(guest.initramfs.clone()),
-        modules_path: None,
-        rootfs_path: guest.rootfs.clone(),
-        work_seed_path: None,
-        cmdline: "console=ttyS0 panic=-1 quiet".into(),
-        readiness_ports: ports,
-        agent_version: None,
-        parent_id: None,
-        sha256: None,
-        managed: false,
-        size_bytes: 0,
-        root_mode: banger_api::RootMode::Overlay,
-        created_at: chrono::Utc::now(),
-    };
-    banger_store::Store::open(&config.db_path())
-        .unwrap()
-        .insert_image(&record)
-        .unwrap();
+    banger_testkit::register_test_image(config, name, &test_guest().vmlinuz, ports);
     name.to_string()
 }

@@ -7,8 +7,11 @@
 //! `/v1/operations/{id}/events` (server-sent events).
 
 pub mod daemon;
+pub mod guest;
 pub mod images;
+pub mod observe;
 pub mod ops;
+pub mod ports;
 pub mod vms;
 
 use std::sync::Arc;
@@ -34,6 +37,12 @@ pub struct AppState {
     pub health: Health,
     /// Asks the daemon to shut down (used by `POST /v1/daemon/stop`).
     pub stop: Arc<tokio::sync::Notify>,
+    /// Recent stats samples of running VMs, written by the stats loop.
+    pub stats: banger_core::stats::StatsBook,
+    /// How to reach the web UI, when it is enabled (`GET /v1/web`).
+    pub web: Option<banger_api::WebAccess>,
+    /// Becomes `true` when the daemon shuts down (ends followed logs).
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An API failure: an [`ApiError`] body with the matching HTTP status.
@@ -180,12 +189,24 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(vms::Doc::openapi());
     doc.merge(images::Doc::openapi());
     doc.merge(ops::Doc::openapi());
+    doc.merge(observe::Doc::openapi());
+    doc.merge(guest::Doc::openapi());
+    doc.merge(ports::Doc::openapi());
     doc
 }
 
 /// Every route of the API, for the test that checks the OpenAPI document lists them all.
 pub fn all_routes() -> Vec<(&'static str, &'static str)> {
-    [daemon::ROUTES, vms::ROUTES, images::ROUTES, ops::ROUTES].concat()
+    [
+        daemon::ROUTES,
+        vms::ROUTES,
+        images::ROUTES,
+        ops::ROUTES,
+        observe::ROUTES,
+        guest::ROUTES,
+        ports::ROUTES,
+    ]
+    .concat()
 }
 
 /// The whole API router.
@@ -195,6 +216,9 @@ pub fn router(state: AppState) -> Router {
         .merge(vms::routes())
         .merge(images::routes())
         .merge(ops::routes())
+        .merge(observe::routes())
+        .merge(guest::routes())
+        .merge(ports::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -47,7 +47,11 @@ impl Daemon {
     }
 
     pub async fn start_with(dir: &Path, host: Host, fakes: Fakes) -> Daemon {
-        let config = config_in(dir);
+        Self::start_configured(config_in(dir), host, fakes).await
+    }
+
+    /// Starts with a config the test adjusted (web listener, stats interval, ...).
+    pub async fn start_configured(config: Config, host: Host, fakes: Fakes) -> Daemon {
         std::fs::create_dir_all(&config.runtime_dir).unwrap();
         let socket = config.socket_path();
         let _ = std::fs::remove_file(&socket);
@@ -106,7 +110,7 @@ impl Daemon {
     pub fn add_image(&self, name: &str, ports: Vec<u16>) -> Image {
         let dir = self.config.state_dir.join("images").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("vmlinux"), b"kernel").unwrap();
+        std::fs::write(dir.join("vmlinux"), b"\x7fELF fake kernel for the fake VMM").unwrap();
         std::fs::write(dir.join("rootfs.ext4"), b"rootfs").unwrap();
         let record = ImageRecord {
             id: ImageId::new(),
@@ -123,6 +127,7 @@ impl Daemon {
             sha256: None,
             managed: true,
             size_bytes: 12,
+            root_mode: banger_api::RootMode::Overlay,
             created_at: chrono::Utc::now(),
         };
         self.store().insert_image(&record).unwrap();

@@ -43,6 +43,7 @@ pub fn minimal_image(image_name: &str) -> ImageRecord {
         sha256: None,
         managed: false,
         size_bytes: 0,
+        root_mode: banger_api::RootMode::Overlay,
         created_at: time(0, 123_456_789),
     }
 }
@@ -59,6 +60,7 @@ pub fn full_image(image_name: &str, parent: ImageId) -> ImageRecord {
         sha256: Some("ab".repeat(32)),
         managed: true,
         size_bytes: u64::try_from(i64::MAX).unwrap(),
+        root_mode: banger_api::RootMode::Clone,
         ..minimal_image(image_name)
     }
 }
@@ -80,6 +82,7 @@ pub fn minimal_vm(vm_name: &str, image: ImageId) -> VmRecord {
         vm_dir: PathBuf::from(format!("/var/lib/banger/vms/{vm_name}")),
         last_error: None,
         stage_timings: vec![],
+        root_clone_method: None,
         created_at: time(10, 1),
         updated_at: time(11, 999_999_999),
     }
@@ -94,6 +97,7 @@ pub fn full_vm(vm_name: &str, image: ImageId, n: u8) -> VmRecord {
         mac: Some(format!("06:00:ac:10:00:{n:02x}")),
         vsock_cid: Some(3 + u32::from(n)),
         last_error: Some("boot: guest did not answer on vsock".into()),
+        root_clone_method: Some(banger_api::RootCloneMethod::SparseCopy),
         stage_timings: vec![
             StageTiming {
                 stage: "allocate".into(),
