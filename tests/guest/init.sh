@@ -159,7 +159,11 @@ trap 'go_down poweroff' USR1
 # 127.0.0.1:22; the host reaches it through the agent's Connect pipe (`banger vm ssh`).
 if [ -x /usr/sbin/sshd ]; then
     mkdir -p /etc/ssh /run/sshd
-    ssh-keygen -A >/dev/null 2>&1 || say "ssh-keygen -A failed"
+    # Only the ed25519 key sshd is configured with: `ssh-keygen -A` would also make an RSA key,
+    # which takes many seconds under software emulation and delays the agent.
+    [ -f /etc/ssh/ssh_host_ed25519_key ] ||
+        ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key >/dev/null 2>&1 ||
+        say "ssh-keygen failed"
     /usr/sbin/sshd -E /run/sshd.log || say "sshd failed to start"
 fi
 
