@@ -105,6 +105,11 @@ pub struct RegisterImageRequest {
     /// Guest TCP ports that must answer before a VM counts as ready.
     #[serde(default)]
     pub readiness_ports: Vec<u16>,
+    /// How VMs get their writable root: `overlay` (default; the image's boot runs banger's
+    /// early init) or `clone` (a per-VM reflink/sparse copy of the base, for images that
+    /// cannot run banger's early init).
+    #[serde(default)]
+    pub root_mode: Option<crate::RootMode>,
 }
 
 /// Body of `POST /v1/images/bootstrap`: build a Debian image from Debian's packages.

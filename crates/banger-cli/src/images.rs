@@ -46,6 +46,10 @@ pub struct RegisterArgs {
     /// Guest TCP port that must answer before a VM is ready (repeatable).
     #[arg(long = "ready-port", value_name = "PORT")]
     pub ready_ports: Vec<u16>,
+    /// `overlay` (default: the image boots banger's early init) or `clone` (a per-VM copy of
+    /// the base, for images that cannot).
+    #[arg(long, value_parser = parse_root_mode)]
+    pub root_mode: Option<banger_api::RootMode>,
 }
 
 /// `banger image bootstrap` options.
@@ -123,6 +127,7 @@ pub async fn register(
         work_seed: args.work_seed.map(absolute).transpose()?,
         cmdline: args.cmdline,
         readiness_ports: args.ready_ports,
+        root_mode: args.root_mode,
     };
     let image: Image = client.call(Method::POST, "/v1/images", Some(&req)).await?;
     show(out, &image, as_json)
@@ -337,5 +342,15 @@ pub async fn offer_default_image(
         bootstrap(args, client, true, &mut sink).await
     } else {
         bootstrap(args, client, false, &mut std::io::stderr()).await
+    }
+}
+
+fn parse_root_mode(value: &str) -> Result<banger_api::RootMode, String> {
+    match value {
+        "overlay" => Ok(banger_api::RootMode::Overlay),
+        "clone" => Ok(banger_api::RootMode::Clone),
+        other => Err(format!(
+            "`{other}` is not a root mode: use overlay or clone"
+        )),
     }
 }

@@ -462,3 +462,36 @@ async fn bootstrap_with_fake_tools_registers_a_managed_image_with_sshd_readiness
         .is_err());
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn register_records_the_root_mode_and_refuses_an_unknown_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path()).await;
+    let a = artifacts(&daemon, dir.path()).await;
+    let image = register(
+        &daemon,
+        json!({"name": "foreign", "kernel": s(&a.kernel), "rootfs": s(&a.rootfs), "root_mode": "clone"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(image.root_mode, banger_api::RootMode::Clone);
+    let default = register(
+        &daemon,
+        json!({"name": "plain", "kernel": s(&a.kernel), "rootfs": s(&a.rootfs)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(default.root_mode, banger_api::RootMode::Overlay);
+    let err = register(
+        &daemon,
+        json!({"name": "odd", "kernel": s(&a.kernel), "rootfs": s(&a.rootfs), "root_mode": "sideways"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, banger_api::ErrorCode::InvalidInput);
+    assert_eq!(
+        images(&daemon).await.len(),
+        2,
+        "nothing recorded for the bad request"
+    );
+}

@@ -601,7 +601,7 @@ impl Manager {
             sha256: None,
             managed: false,
             size_bytes: 0,
-            root_mode: Default::default(),
+            root_mode: req.root_mode.unwrap_or_default(),
             created_at: chrono::Utc::now(),
         };
         let (sha, size) = fingerprint(&record)
