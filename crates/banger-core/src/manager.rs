@@ -1363,6 +1363,10 @@ impl Actor {
             return;
         };
         if !vmm.wait_exit(&runtime.vmm, Duration::ZERO).await {
+            // Still running: keep its logs within their size limit.
+            let vm_dir = self.inner.settings.vms_dir.join(self.id.to_string());
+            cap_log(&vm_dir.join("console.log"));
+            cap_log(&vm_dir.join("vmm.log"));
             return;
         }
         let Ok(mut vm) = self.load() else { return };
@@ -1448,6 +1452,26 @@ fn rotate_log(path: &std::path::Path) {
     }
 }
 
+/// Keeps a log that a running VMM still writes within [`LOG_ROTATE_BYTES`]: its content moves
+/// to `<name>.1` (replacing the previous one) and the file is truncated in place. The VMM keeps
+/// its descriptor; writers that opened the file with O_APPEND (QEMU's console chardev, the
+/// VMM's stdout) continue at the new end.
+pub fn cap_log(path: &std::path::Path) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.len() <= LOG_ROTATE_BYTES {
+        return;
+    }
+    let mut rotated = path.as_os_str().to_owned();
+    rotated.push(".1");
+    if std::fs::copy(path, PathBuf::from(rotated)).is_ok() {
+        if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = file.set_len(0);
+        }
+    }
+}
+
 /// The last `lines` non-empty lines of a log, joined with ` | `.
 pub fn console_tail(path: &std::path::Path, lines: usize) -> String {
     let Ok(text) = read_tail(path, 16 * 1024) else {
@@ -1509,6 +1533,41 @@ mod tests {
             resolve("", "VM", items, keys),
             Err(CoreError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn a_growing_log_is_capped_while_its_writer_keeps_appending() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let mut writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writer
+            .write_all(&vec![b'x'; LOG_ROTATE_BYTES as usize + 1])
+            .unwrap();
+        cap_log(&path);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("console.log.1"))
+                .unwrap()
+                .len(),
+            LOG_ROTATE_BYTES + 1
+        );
+        writer.write_all(b"after\n").unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"after\n",
+            "the writer continues at the new end"
+        );
+        cap_log(&path);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"after\n",
+            "small logs are left alone"
+        );
     }
 
     #[test]
