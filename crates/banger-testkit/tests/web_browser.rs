@@ -7,7 +7,7 @@
 //! each VM's console log (so the console pane has something to follow). The fake VMM's launch
 //! is slowed down so the create page can be caught mid-create for its screenshot.
 //!
-//! Screenshots go to `docs/screenshots/` (or `$BANGER_SCREENSHOTS`).
+//! Screenshots go to a temp dir; `BANGER_SCREENSHOTS=docs/screenshots` refreshes the committed ones.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -151,9 +151,12 @@ async fn web_ui_works_in_headless_chromium() {
         host.proc_root.clone(),
     ));
 
+    // The committed screenshots are refreshed only on request (BANGER_SCREENSHOTS=docs/screenshots),
+    // so a test run never rewrites tracked files.
+    let scratch = tempfile::tempdir().unwrap();
     let shots = std::env::var_os("BANGER_SCREENSHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("docs/screenshots"));
+        .map(|dir| workspace_root().join(dir))
+        .unwrap_or_else(|| scratch.path().to_path_buf());
     let run = tokio::process::Command::new("node")
         .arg(web_dir.join("ui.test.mjs"))
         .arg(&access.url)
