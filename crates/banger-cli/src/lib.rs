@@ -727,7 +727,7 @@ async fn vm_command(
         VmCommand::Delete { names, force } => {
             // Submit every delete first so they run in parallel (one actor per VM), then follow.
             let mut submitted = Vec::new();
-            let mut first_failure: Option<Failure> = None;
+            let mut batch = Batch::default();
             for name in names {
                 let path = format!(
                     "{}{}",
@@ -739,38 +739,21 @@ async fn vm_command(
                     .await
                 {
                     Ok(op) => submitted.push((name, op)),
-                    Err(err) => {
-                        let failure = Failure::from(err);
-                        eprint!("{name}: {}", failure.text);
-                        first_failure.get_or_insert(failure);
-                    }
+                    Err(err) => batch.fail(&name, Failure::from(err)),
                 }
             }
-            let mut results = Vec::new();
             for (name, op) in submitted {
                 match follow_operation(client, op, true).await {
                     Ok(done) => {
                         if !as_json {
                             print(out, &format!("deleted {name}\n"))?;
                         }
-                        results.push(done);
+                        batch.results.push(done);
                     }
-                    Err(failure) => {
-                        eprint!("{name}: {}", failure.text);
-                        first_failure.get_or_insert(failure);
-                    }
+                    Err(failure) => batch.fail(&name, failure),
                 }
             }
-            if as_json {
-                json(out, &results)?;
-            }
-            match first_failure {
-                Some(failure) => Err(Failure {
-                    code: failure.code,
-                    text: String::new(),
-                }),
-                None => Ok(()),
-            }
+            batch.finish(as_json, out)
         }
         VmCommand::Edit {
             name,
@@ -863,8 +846,7 @@ where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Result<Operation, Failure>>,
 {
-    let mut first_failure: Option<Failure> = None;
-    let mut results = Vec::new();
+    let mut batch = Batch::default();
     for name in names {
         match action(name.clone()).await {
             Ok(op) => {
@@ -878,23 +860,39 @@ where
                         ),
                     )?;
                 }
-                results.push(op);
+                batch.results.push(op);
             }
-            Err(failure) => {
-                eprint!("{name}: {}", failure.text);
-                first_failure.get_or_insert(failure);
-            }
+            Err(failure) => batch.fail(&name, failure),
         }
     }
-    if as_json {
-        json(out, &results)?;
+    batch.finish(as_json, out)
+}
+
+/// A command over several VMs: it keeps going after a failure (reported on stderr as it
+/// happens) and exits with the first failure's code.
+#[derive(Debug, Default)]
+struct Batch {
+    results: Vec<Operation>,
+    first_failure: Option<Failure>,
+}
+
+impl Batch {
+    fn fail(&mut self, name: &str, failure: Failure) {
+        eprint!("{name}: {}", failure.text);
+        self.first_failure.get_or_insert(failure);
     }
-    match first_failure {
-        Some(failure) => Err(Failure {
-            code: failure.code,
-            text: String::new(),
-        }),
-        None => Ok(()),
+
+    fn finish(self, as_json: bool, out: &mut impl Write) -> Result<(), Failure> {
+        if as_json {
+            json(out, &self.results)?;
+        }
+        match self.first_failure {
+            Some(failure) => Err(Failure {
+                code: failure.code,
+                text: String::new(),
+            }),
+            None => Ok(()),
+        }
     }
 }
 

@@ -359,21 +359,31 @@ pub fn register_test_image(config: &Config, name: &str, kernel: &Path, ports: Ve
 /// The `bangerd` binary of this workspace (built once per test process).
 pub fn bangerd_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = workspace_root();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "-p", "banger-daemon", "--bin", "bangerd"])
-            .status()
-            .expect("running cargo build for bangerd");
-        assert!(status.success(), "building bangerd failed: {status}");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        target.join("debug/bangerd")
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_binary("banger-daemon", "bangerd"))
+        .clone()
+}
+
+/// The `banger` CLI binary of this workspace (built once per test process).
+pub fn banger_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_binary("banger-cli", "banger"))
+        .clone()
+}
+
+/// Builds binary `bin` of `package` (debug profile) and returns its path.
+fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "-p", package, "--bin", bin])
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build for {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed: {status}");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    target.join("debug").join(bin)
 }
 
 /// The real `bangerd` binary as a separate process, so a test can SIGKILL it for real.

@@ -8,38 +8,17 @@
 //! vhost-device-vsock, OpenSSH client and server on this host for the test guest).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use banger_api::guest::{ExecEvent, ExecStart, TermSize, STREAM_STDOUT};
-use banger_testkit::{environment, pid_alive, test_guest, workspace_root, RealDaemon};
+use banger_testkit::{banger_binary, environment, pid_alive, test_guest, RealDaemon};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 const CONFIG: &str = "vmm = \"qemu\"\nboot_timeout_secs = 90\nstop_timeout_secs = 10\n\n[vm_defaults]\nvcpus = 1\nmemory_mib = 256\ndisk_size_mib = 256\n";
-
-/// The `banger` binary of this workspace (built once per test process).
-fn banger_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = workspace_root();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "-p", "banger-cli", "--bin", "banger"])
-            .status()
-            .expect("running cargo build for banger");
-        assert!(status.success(), "building banger failed: {status}");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        target.join("debug/banger")
-    })
-    .clone()
-}
 
 /// Runs the CLI with the daemon's environment, `stdin` as its standard input.
 async fn banger(dir: &Path, args: &[&str], stdin: Option<&Path>) -> Output {
