@@ -4,7 +4,7 @@
 //! - The [`Manager`] is cheap to clone and shared by every API handler. It validates requests,
 //!   allocates identities (under one allocation lock, with the store's UNIQUE constraints as a
 //!   backstop), and hands each VM-changing request to that VM's actor.
-//! - Each VM has exactly one actor task ([`run_actor`]) that mutates it. Requests reach it over a
+//! - Each VM has exactly one actor task (`run_actor`) that mutates it. Requests reach it over a
 //!   channel and run one at a time, in order; a stuck VM blocks only its own actor. While the VM
 //!   runs, the actor also watches the VMM process and records its death.
 //! - Transient handles (VMM process, sockets, tap) live in `Inner::runtime` and in the VM's

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Ownership: every tap is owned by exactly one of the pool, the set of taps being made, or the
-//! attached map (one VM), all in one [`State`] under one lock; the sweep lists the links first
+//! attached map (one VM), all in one `State` under one lock; the sweep lists the links first
 //! and reads that state second, so a tap made concurrently is always owned by the time it is
 //! looked at. The nftables table exists exactly while at least one VM is attached (its content
 //! does not depend on which: port forwards go through the userspace proxy), and all rule changes
