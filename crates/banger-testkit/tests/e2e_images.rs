@@ -257,3 +257,48 @@ async fn bootstrap_boot_and_build_a_debian_image() {
     assert!(!d.config.images_dir().join(child.id.to_string()).exists());
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, debootstrap + a Debian mirror, the npm registry, qemu-system-x86_64 and vhost-device-vsock; run with --include-ignored"]
+async fn bootstrap_with_opencode_serves_the_coding_agent_on_4096_before_create_returns() {
+    std::env::set_var("BANGER_AGENT_BIN", static_agent());
+    let dir = tempfile::tempdir().unwrap();
+    share_debootstrap_cache(dir.path());
+    let config = CONFIG
+        .replace("boot_timeout_secs = 180", "boot_timeout_secs = 600")
+        .replace("memory_mib = 256", "memory_mib = 1024");
+    let d = RealDaemon::start(dir.path(), &config).await;
+    let op = d
+        .post(
+            "/v1/images/bootstrap",
+            json!({"name": "debian-oc", "with": ["opencode"]}),
+        )
+        .await;
+    let done = d.wait_for(&op, Duration::from_secs(1800)).await;
+    assert_eq!(done.status, OperationStatus::Succeeded, "{done:#?}");
+    let image: Image = d.client.get("/v1/images/debian-oc").await.unwrap();
+    assert_eq!(image.readiness_ports, vec![22, 4096]);
+
+    // Create returns only once the declared services answer: sshd and opencode on 4096.
+    let started = Instant::now();
+    let op = d
+        .post("/v1/vms", json!({"name": "oc", "image": "debian-oc"}))
+        .await;
+    let done = d.wait_for(&op, Duration::from_secs(900)).await;
+    assert_eq!(done.status, OperationStatus::Succeeded, "{done:#?}");
+    let services = done
+        .stages
+        .iter()
+        .find(|s| s.name == "services")
+        .expect("services stage");
+    assert!(
+        services.detail.as_deref().unwrap_or("").contains(":4096"),
+        "{services:?}"
+    );
+    eprintln!("create to opencode answering: {:?}", started.elapsed());
+    let vm = d.vm("oc").await;
+    let listening = guest_exec(&d, &vm, &["sh", "-c", "ss -ltn | grep ':4096 '"]).await;
+    assert!(listening.contains("4096"), "{listening}");
+    delete(&d, "oc").await;
+    d.stop().await;
+}
