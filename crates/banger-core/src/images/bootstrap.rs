@@ -565,6 +565,26 @@ async fn install_opencode(
     Ok(())
 }
 
+/// An exclusive lock on the file `path` (outside the tree's directory, which a failed run
+/// removes), held while a debootstrap tree is checked or made.
+async fn lock_tree(path: PathBuf) -> Result<nix::fcntl::Flock<std::fs::File>, BoxError> {
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_context("creating", dir, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_context("opening", &path, e))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_context("locking", &path, std::io::Error::from(errno)))
+    })
+    .await
+    .map_err(|e| -> BoxError { Box::new(e) })?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,24 +614,4 @@ mod tests {
         assert!(check_packages("packages", &["curl; rm -rf /".into()]).is_err());
         assert!(check_packages("packages", &["-oAPT::x=1".into()]).is_err());
     }
-}
-
-/// An exclusive lock on the file `path` (outside the tree's directory, which a failed run
-/// removes), held while a debootstrap tree is checked or made.
-async fn lock_tree(path: PathBuf) -> Result<nix::fcntl::Flock<std::fs::File>, BoxError> {
-    tokio::task::spawn_blocking(move || {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io_context("creating", dir, e))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_context("opening", &path, e))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io_context("locking", &path, std::io::Error::from(errno)))
-    })
-    .await
-    .map_err(|e| -> BoxError { Box::new(e) })?
 }
