@@ -249,16 +249,7 @@ impl Manager {
                 .join(format!(".bootstrap-{}", ImageId::new()));
             let result = manager.run_bootstrap(&mut op, &plan, &staging).await;
             let _ = super::remove_tree(&staging);
-            match result {
-                Ok(image) => {
-                    op.detail(format!("image {} ({})", image.name, image.id));
-                    op.succeed();
-                }
-                Err(err) => {
-                    tracing::warn!(image = %plan.name, error = %err.chain(), "bootstrap failed");
-                    op.fail(err.to_api());
-                }
-            }
+            super::finish_image_op(op, result, "bootstrap", &plan.name.to_string());
         });
         Ok(snapshot)
     }

@@ -184,16 +184,7 @@ impl Manager {
                 Some(hit) => manager.copy_cached(&mut op, &plan, &hit).await,
                 None => manager.run_build(&mut op, &plan).await,
             };
-            match result {
-                Ok(image) => {
-                    op.detail(format!("image {} ({})", image.name, image.id));
-                    op.succeed();
-                }
-                Err(err) => {
-                    tracing::warn!(image = %plan.name, error = %err.chain(), "image build failed");
-                    op.fail(err.to_api());
-                }
-            }
+            super::finish_image_op(op, result, "image build", &plan.name.to_string());
         });
         Ok(snapshot)
     }

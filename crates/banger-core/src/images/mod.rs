@@ -122,6 +122,26 @@ pub(crate) fn context(what: impl Into<String>, source: impl Into<BoxError>) -> B
     })
 }
 
+/// Ends an image operation (bootstrap, build): the new image named in the last stage, or the
+/// failure logged with its cause chain and carried in the operation.
+pub(crate) fn finish_image_op(
+    mut op: crate::ops::OpTracker,
+    result: Result<ImageRecord, CoreError>,
+    what: &str,
+    name: &str,
+) {
+    match result {
+        Ok(image) => {
+            op.detail(format!("image {} ({})", image.name, image.id));
+            op.succeed();
+        }
+        Err(err) => {
+            tracing::warn!(image = %name, error = %err.chain(), "{what} failed");
+            op.fail(err.to_api());
+        }
+    }
+}
+
 /// An I/O error naming the file.
 pub(crate) fn io_context(what: &str, path: &Path, source: std::io::Error) -> BoxError {
     context(format!("{what} {}", path.display()), source)
