@@ -390,10 +390,11 @@ impl Manager {
         op.stage("rootfs");
         let rootfs_path = staging.join(files::ROOTFS);
         let root = tree.clone();
-        let used =
-            blocking(move || tree_bytes(&root).map_err(|e| io_context("measuring", &root, e)))
-                .await
-                .map_err(fail("rootfs"))?;
+        let used = blocking(move || {
+            super::tree_bytes(&root).map_err(|e| io_context("measuring", &root, e))
+        })
+        .await
+        .map_err(fail("rootfs"))?;
         if used + used / 4 > plan.rootfs_bytes {
             return Err(invalid(
                 "rootfs_size_mib",
@@ -501,25 +502,6 @@ fn boot_files(tree: &Path) -> Result<(PathBuf, PathBuf), BoxError> {
         ));
     }
     Ok((boot.join(&kernel), initrd))
-}
-
-/// Bytes the regular files of a tree take (apparent sizes), plus 4 KiB per entry.
-fn tree_bytes(root: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            total += 4096;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                total += meta.len();
-            }
-        }
-    }
-    Ok(total)
 }
 
 /// Installs the opencode server under `/opt/opencode` of `tree`: `npm pack` of `opencode-ai`

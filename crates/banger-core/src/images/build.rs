@@ -515,7 +515,7 @@ impl Manager {
                     std::fs::create_dir_all(&dir).map_err(|e| io_context("creating", &dir, e))?;
                 }
             }
-            dir_bytes(&root).map_err(|e| io_context("measuring", &root, e))
+            super::tree_bytes(&root).map_err(|e| io_context("measuring", &root, e))
         })
         .await
         .map_err(fail("preparing the root"))?;
@@ -609,25 +609,6 @@ impl Manager {
         tracing::info!(image = %record.name, base = %base.name, "built an image");
         Ok(record)
     }
-}
-
-/// Apparent bytes of the files under `root`, plus 4 KiB per entry.
-fn dir_bytes(root: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            total += 4096;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                total += meta.len();
-            }
-        }
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -122,6 +122,25 @@ pub(crate) fn context(what: impl Into<String>, source: impl Into<BoxError>) -> B
     })
 }
 
+/// Bytes the regular files of a tree take (apparent sizes), plus 4 KiB per entry.
+pub(crate) fn tree_bytes(root: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            total += 4096;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// Ends an image operation (bootstrap, build): the new image named in the last stage, or the
 /// failure logged with its cause chain and carried in the operation.
 pub(crate) fn finish_image_op(
