@@ -523,6 +523,39 @@ impl RealLinks {
         }
     }
 
+    /// Pins the bridge's MAC to [`gateway_mac`]. A bridge without an assigned address takes the
+    /// lowest of its ports' and changes it as taps come and go, and every guest that cached the
+    /// gateway's old MAC in its ARP table is cut off from it until the entry expires.
+    async fn ensure_mac(
+        &self,
+        handle: &rtnetlink::Handle,
+        bridge: &str,
+        link: &LinkMessage,
+        gateway: Ipv4Addr,
+    ) -> Result<(), LinkError> {
+        let wanted = gateway_mac(gateway);
+        let current = link
+            .attributes
+            .iter()
+            .find_map(|attribute| match attribute {
+                LinkAttribute::Address(address) => Some(address.as_slice()),
+                _ => None,
+            });
+        if current == Some(wanted.as_slice()) {
+            return Ok(());
+        }
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(link.header.index)
+                    .address(wanted.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(self.netlink_error(format!("set the MAC address of bridge {bridge}")))
+    }
+
     async fn ensure_address(
         &self,
         handle: &rtnetlink::Handle,
@@ -634,6 +667,7 @@ impl Links for RealLinks {
                 kind,
             });
         }
+        self.ensure_mac(&handle, name, &bridge, gateway).await?;
         self.ensure_address(&handle, name, bridge.header.index, gateway, prefix)
             .await?;
         if !bridge.header.flags.contains(LinkFlags::Up) {
@@ -850,6 +884,13 @@ fn link_name(message: &LinkMessage) -> Option<&str> {
             LinkAttribute::IfName(name) => Some(name.as_str()),
             _ => None,
         })
+}
+
+/// The bridge's fixed MAC address: locally administered, unicast, `06:00:` and the gateway's
+/// four octets — the same scheme as the VMs' MACs, whose addresses never include the gateway's.
+pub fn gateway_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x06, 0x00, a, b, c, d]
 }
 
 fn link_kind(message: &LinkMessage) -> Option<String> {

@@ -167,6 +167,35 @@ async fn ensure_bridge_adds_a_missing_address_and_brings_the_bridge_up() {
     assert!(addresses.contains("10.77.0.1/24"), "{addresses}");
 }
 
+#[tokio::test]
+#[ignore = "needs root and netns; run with --include-ignored"]
+async fn the_bridge_mac_is_pinned_and_does_not_follow_its_ports() {
+    let netns = TestNetns::create();
+    let links = links_in(&netns);
+    // An existing bridge with a kernel-chosen MAC gets the pinned one too.
+    netns.exec("ip", &["link", "add", "br-t", "type", "bridge"]);
+    links.ensure_bridge("br-t", GATEWAY, 24).await.unwrap();
+    let mac = || {
+        netns
+            .exec("cat", &["/sys/class/net/br-t/address"])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(mac(), "06:00:0a:4d:00:01");
+    // Ports with lower MACs come and go; a bridge with an unassigned MAC would take theirs.
+    for tap in ["tap-t0", "tap-t1"] {
+        links.create_tap(tap, "br-t").await.unwrap();
+    }
+    netns.exec(
+        "ip",
+        &["link", "set", "tap-t0", "address", "02:00:00:00:00:01"],
+    );
+    links.delete_link("tap-t1").await.unwrap();
+    assert_eq!(mac(), "06:00:0a:4d:00:01");
+    links.delete_link("tap-t0").await.unwrap();
+    assert_eq!(mac(), "06:00:0a:4d:00:01");
+}
+
 #[test]
 #[ignore = "needs root and netns; run with --include-ignored"]
 fn ip_forward_is_per_namespace() {
