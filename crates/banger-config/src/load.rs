@@ -67,6 +67,7 @@ pub const KEYS: &[&str] = &[
     "network.publish_address",
     "network.dns_upstream",
     "network.resolv_conf",
+    "network.host_forward_accept",
     "web.enabled",
     "web.listen",
     "web.allow_remote",
@@ -244,6 +245,7 @@ struct FileNetwork {
     publish_address: Field<String>,
     dns_upstream: Field<String>,
     resolv_conf: Field<String>,
+    host_forward_accept: Field<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -538,6 +540,12 @@ impl<'a> Resolver<'a> {
                 file.network.resolv_conf,
                 path_list,
                 || defaults.resolv_conf.clone(),
+            )?,
+            host_forward_accept: self.value(
+                "network.host_forward_accept",
+                file.network.host_forward_accept,
+                Ok,
+                || defaults.host_forward_accept,
             )?,
         };
 

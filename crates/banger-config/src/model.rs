@@ -193,6 +193,10 @@ pub struct NetworkConfig {
     /// resolv.conf files read in order for upstreams; the first listing a resolver other than
     /// the systemd stub 127.0.0.53 wins.
     pub resolv_conf: Vec<std::path::PathBuf>,
+    /// While VMs run, add accept rules for the bridge to iptables' FORWARD chain (Docker's
+    /// DOCKER-USER when present) when that chain drops by default, so Docker or ufw do not cut
+    /// VMs off. The only rules banger ever adds outside its own table; removed with it.
+    pub host_forward_accept: bool,
 }
 
 impl Default for NetworkConfig {
@@ -210,6 +214,7 @@ impl Default for NetworkConfig {
                 "/etc/resolv.conf".into(),
                 "/run/systemd/resolve/resolv.conf".into(),
             ],
+            host_forward_accept: true,
         }
     }
 }

@@ -144,6 +144,10 @@ fn shown(config: &Config) -> Vec<(&'static str, Shown)> {
                 .collect::<Vec<_>>()
                 .join(", ")),
         ),
+        (
+            "network.host_forward_accept",
+            Bool(c.network.host_forward_accept),
+        ),
         ("web.enabled", Bool(c.web.enabled)),
         ("web.listen", Str(c.web.listen.to_string())),
         ("web.allow_remote", Bool(c.web.allow_remote)),

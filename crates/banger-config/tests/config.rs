@@ -61,6 +61,7 @@ enabled = false
 publish_address = "0.0.0.0"
 dns_upstream = "10.0.0.2, 10.0.0.3:5353"
 resolv_conf = "/etc/resolv.conf, /srv/resolv.conf"
+host_forward_accept = false
 
 [web]
 enabled = true
@@ -263,6 +264,7 @@ fn full_file_overrides_every_key() {
             PathBuf::from("/srv/resolv.conf")
         ]
     );
+    assert!(!c.network.host_forward_accept);
     assert!(c.web.enabled);
     assert_eq!(c.web.listen, "10.0.0.1:8080".parse::<SocketAddr>().unwrap());
     assert!(c.web.allow_remote);
