@@ -13,10 +13,12 @@
 //! | processes  | [`process::Processes`]  | `process::RealProcesses` | `process::FakeProcesses` |
 //! | links      | [`links::Links`]        | `links::RealLinks`    | `links::FakeLinks`    |
 //! | nftables   | [`nft::Nft`]            | `nft::RealNft`        | `nft::FakeNft`        |
+//! | host FORWARD (iptables) | [`hostfw::HostForward`] | `hostfw::RealHostForward` | `hostfw::FakeHostForward` |
 
 pub mod build_tools;
 pub mod disks;
 pub mod exec;
+pub mod hostfw;
 pub mod links;
 pub mod nft;
 pub mod process;

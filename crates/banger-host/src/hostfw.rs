@@ -1,0 +1,413 @@
+//! The host's own forward firewall: the one place banger adds rules outside its table.
+//!
+//! banger's nftables table accepts the VMs' forwarded traffic explicitly, but in nftables an
+//! `accept` ends evaluation only within its own base chain: a `drop` policy in another table on
+//! the same hook still drops the packet. Docker (and ufw) set exactly that — iptables
+//! `-P FORWARD DROP` — so on such a host VMs would reach their gateway and each other but
+//! nothing beyond. The documented way through is an accept in that firewall itself: Docker
+//! reserves its `DOCKER-USER` chain (jumped to first from `FORWARD`) for rules like these.
+//!
+//! [`HostForward::open`] therefore, and only when the `FORWARD` chain of the `filter` table
+//! drops by default, inserts two rules, each commented `banger:<bridge>`, at the top of
+//! `DOCKER-USER` when that chain exists and of `FORWARD` otherwise:
+//!
+//! ```text
+//! -i BRIDGE -m comment --comment banger:BRIDGE -j ACCEPT
+//! -o BRIDGE -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment banger:BRIDGE -j ACCEPT
+//! ```
+//!
+//! It is idempotent (`iptables -C` first), so re-opening after Docker rebuilt its chains puts
+//! back what went missing. [`HostForward::close`] deletes every rule carrying that comment from
+//! both chains, whatever its shape, and nothing else. Both go through the `iptables` binary, so
+//! they work the same with the nft and the legacy backend; a host without `iptables` has no such
+//! firewall to open and both are no-ops. The caller ([`banger-net`]'s bridge network) opens with
+//! its table and closes when the table goes, including in the sweep after a daemon was killed.
+//!
+//! Native nftables base chains with a drop policy (firewalld, a hand-written `inet filter`) are
+//! not touched: `banger doctor` names them with the two rules to add.
+//!
+//! [`RealHostForward`] runs `iptables` through [`crate::exec::execute`], inside the configured
+//! network namespace; [`FakeHostForward`] models the chains in memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::exec::{self, CommandError, CommandOutput, CommandSpec};
+
+/// The usual name of the `iptables` binary.
+pub const DEFAULT_IPTABLES_BINARY: &str = "iptables";
+/// Docker's chain for the administrator's own forward rules.
+pub const DOCKER_USER: &str = "DOCKER-USER";
+/// The built-in forward chain of iptables' `filter` table.
+pub const FORWARD: &str = "FORWARD";
+/// How long one `iptables` invocation may take (it waits for the xtables lock).
+const IPTABLES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The comment that marks banger's rules for `bridge`.
+pub fn comment(bridge: &str) -> String {
+    format!("banger:{bridge}")
+}
+
+/// The rule specifications banger inserts for `bridge`, in their final order.
+pub fn accept_specs(bridge: &str) -> [Vec<String>; 2] {
+    let comment = comment(bridge);
+    let words = |list: &[&str]| list.iter().map(|w| (*w).to_string()).collect::<Vec<_>>();
+    [
+        words(&[
+            "-i",
+            bridge,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "ACCEPT",
+        ]),
+        words(&[
+            "-o",
+            bridge,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "ACCEPT",
+        ]),
+    ]
+}
+
+/// Whether `iptables -S FORWARD` output says the chain drops by default.
+pub fn forward_drops(listing: &str) -> bool {
+    listing.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.as_slice() == ["-P", FORWARD, "DROP"]
+    })
+}
+
+/// From `iptables -S CHAIN` output, the `-D` arguments of every rule commented for `bridge`.
+pub fn banger_rules(listing: &str, chain: &str, bridge: &str) -> Vec<Vec<String>> {
+    let mark = comment(bridge);
+    listing
+        .lines()
+        .filter_map(|line| {
+            // iptables quotes comments; ours contain no spaces, so splitting on whitespace and
+            // stripping the quotes gives back exactly the words it was added with.
+            let words: Vec<String> = line
+                .split_whitespace()
+                .map(|w| w.trim_matches('"').to_string())
+                .collect();
+            let (first, rest) = words.split_first()?;
+            if first != "-A" || rest.first().map(String::as_str) != Some(chain) {
+                return None;
+            }
+            let marked = rest
+                .windows(2)
+                .any(|pair| pair[0] == "--comment" && pair[1] == mark);
+            marked.then(|| {
+                let mut args = vec!["-D".to_string()];
+                args.extend(rest.iter().cloned());
+                args
+            })
+        })
+        .collect()
+}
+
+/// Why opening or closing the host's forward firewall failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostForwardError {
+    /// `iptables` failed.
+    #[error("could not {action}")]
+    Command {
+        /// What was being done, e.g. "list iptables chain FORWARD in netns X".
+        action: String,
+        /// The command's failure (argv, status, stderr).
+        #[source]
+        source: CommandError,
+    },
+    /// A failure a [`FakeHostForward`] was told to produce.
+    #[error("injected failure")]
+    Injected,
+}
+
+/// The host firewall's forward chain, as far as banger's VMs are concerned.
+#[async_trait]
+pub trait HostForward: Send + Sync {
+    /// When `FORWARD` drops by default, makes sure banger's accepts for `bridge` are in it (or in
+    /// `DOCKER-USER`). Returns the chain holding them; `None` when nothing needed opening.
+    async fn open(&self, bridge: &str) -> Result<Option<String>, HostForwardError>;
+
+    /// Deletes every rule commented for `bridge` from `DOCKER-USER` and `FORWARD`; returns how
+    /// many there were.
+    async fn close(&self, bridge: &str) -> Result<usize, HostForwardError>;
+}
+
+/// [`HostForward`] over the `iptables` binary, in one network namespace.
+#[derive(Debug, Clone)]
+pub struct RealHostForward {
+    netns: Option<String>,
+    iptables: PathBuf,
+}
+
+/// `program` itself when it names a path, else the first match on `PATH`.
+fn locate(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+impl RealHostForward {
+    /// Runs `iptables_binary` in `netns` (`None`: the current namespace).
+    pub fn new(netns: Option<String>, iptables_binary: impl Into<PathBuf>) -> Self {
+        Self {
+            netns,
+            iptables: iptables_binary.into(),
+        }
+    }
+
+    fn action(&self, what: String) -> String {
+        match &self.netns {
+            Some(netns) => format!("{what} in netns {netns}"),
+            None => what,
+        }
+    }
+
+    async fn run(
+        &self,
+        binary: &Path,
+        args: &[String],
+        action: impl FnOnce() -> String,
+    ) -> Result<CommandOutput, HostForwardError> {
+        let spec = CommandSpec::new(binary)
+            .arg("-w")
+            .args(args)
+            .in_netns(self.netns.as_deref())
+            .timeout(IPTABLES_TIMEOUT);
+        exec::execute(&spec)
+            .await
+            .map_err(|source| HostForwardError::Command {
+                action: self.action(action()),
+                source,
+            })
+    }
+
+    /// `iptables -S CHAIN`; `None` when the chain does not exist (iptables exits 1).
+    async fn list(&self, binary: &Path, chain: &str) -> Result<Option<String>, HostForwardError> {
+        let args = ["-S".to_string(), chain.to_string()];
+        match self
+            .run(binary, &args, || format!("list iptables chain {chain}"))
+            .await
+        {
+            Ok(output) => Ok(Some(output.stdout)),
+            Err(HostForwardError::Command {
+                source: CommandError::Failed { status, .. },
+                ..
+            }) if status.code() == Some(1) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+#[async_trait]
+impl HostForward for RealHostForward {
+    async fn open(&self, bridge: &str) -> Result<Option<String>, HostForwardError> {
+        let Some(binary) = locate(&self.iptables) else {
+            return Ok(None);
+        };
+        let forward = self.list(&binary, FORWARD).await?.unwrap_or_default();
+        if !forward_drops(&forward) {
+            return Ok(None);
+        }
+        let chain = if self.list(&binary, DOCKER_USER).await?.is_some() {
+            DOCKER_USER
+        } else {
+            FORWARD
+        };
+        // Inserting at the top in reverse order leaves the rules in their listed order.
+        for spec in accept_specs(bridge).iter().rev() {
+            let mut check = vec!["-C".to_string(), chain.to_string()];
+            check.extend(spec.iter().cloned());
+            if self.run(&binary, &check, String::new).await.is_ok() {
+                continue;
+            }
+            let mut insert = vec!["-I".to_string(), chain.to_string(), "1".to_string()];
+            insert.extend(spec.iter().cloned());
+            self.run(&binary, &insert, || {
+                format!("insert an accept for {bridge} into iptables chain {chain}")
+            })
+            .await?;
+        }
+        tracing::debug!(%bridge, chain, netns = ?self.netns, "host FORWARD drops by default: accepts inserted");
+        Ok(Some(chain.to_string()))
+    }
+
+    async fn close(&self, bridge: &str) -> Result<usize, HostForwardError> {
+        let Some(binary) = locate(&self.iptables) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for chain in [DOCKER_USER, FORWARD] {
+            let Some(listing) = self.list(&binary, chain).await? else {
+                continue;
+            };
+            for delete in banger_rules(&listing, chain, bridge) {
+                self.run(&binary, &delete, || {
+                    format!("delete banger's accept for {bridge} from iptables chain {chain}")
+                })
+                .await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// What [`FakeHostForward`] holds.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FakeForwardState {
+    /// `-P FORWARD DROP`.
+    pub forward_drops: bool,
+    /// Whether Docker's `DOCKER-USER` chain exists.
+    pub docker_user: bool,
+    /// banger's rules now present, as (chain, bridge), one entry per rule.
+    pub rules: Vec<(String, String)>,
+    /// Calls of `open` left to fail.
+    pub fail_open: usize,
+}
+
+/// An in-memory [`HostForward`] modelling the two chains.
+#[derive(Debug, Default)]
+pub struct FakeHostForward {
+    state: Mutex<FakeForwardState>,
+}
+
+impl FakeHostForward {
+    /// A host whose `FORWARD` accepts by default (nothing to open).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A host that drops forwarded traffic by default, with or without Docker's chain.
+    pub fn dropping(docker_user: bool) -> Self {
+        let fake = Self::default();
+        {
+            let mut state = fake.state();
+            state.forward_drops = true;
+            state.docker_user = docker_user;
+        }
+        fake
+    }
+
+    /// The modelled chains, to inspect or change.
+    pub fn state(&self) -> MutexGuard<'_, FakeForwardState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl HostForward for FakeHostForward {
+    async fn open(&self, bridge: &str) -> Result<Option<String>, HostForwardError> {
+        let mut state = self.state();
+        if state.fail_open > 0 {
+            state.fail_open -= 1;
+            return Err(HostForwardError::Injected);
+        }
+        if !state.forward_drops {
+            return Ok(None);
+        }
+        let chain = if state.docker_user {
+            DOCKER_USER
+        } else {
+            FORWARD
+        };
+        let present = state
+            .rules
+            .iter()
+            .filter(|(c, b)| c == chain && b == bridge)
+            .count();
+        for _ in present..accept_specs(bridge).len() {
+            state.rules.push((chain.to_string(), bridge.to_string()));
+        }
+        Ok(Some(chain.to_string()))
+    }
+
+    async fn close(&self, bridge: &str) -> Result<usize, HostForwardError> {
+        let mut state = self.state();
+        let before = state.rules.len();
+        state.rules.retain(|(_, b)| b != bridge);
+        Ok(before - state.rules.len())
+    }
+}
+
+#[cfg(test)]
+// In tests a panic is the failure report.
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_drop_policy_on_forward_counts_as_dropping() {
+        assert!(forward_drops(
+            "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n"
+        ));
+        assert!(!forward_drops("-P FORWARD ACCEPT\n"));
+        assert!(!forward_drops("-P INPUT DROP\n-P FORWARD ACCEPT\n"));
+        assert!(!forward_drops(""));
+    }
+
+    #[test]
+    fn the_rules_to_delete_are_exactly_the_ones_commented_for_the_bridge() {
+        let listing = "-N DOCKER-USER\n\
+            -A DOCKER-USER -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment \"banger:br0\" -j ACCEPT\n\
+            -A DOCKER-USER -i br0 -m comment --comment \"banger:br0\" -j ACCEPT\n\
+            -A DOCKER-USER -i br1 -m comment --comment \"banger:br1\" -j ACCEPT\n\
+            -A DOCKER-USER -i br0 -m comment --comment \"someone else\" -j ACCEPT\n\
+            -A DOCKER-USER -j RETURN\n";
+        let deletes = banger_rules(listing, DOCKER_USER, "br0");
+        assert_eq!(deletes.len(), 2);
+        let [incoming, established] = accept_specs("br0");
+        let expected = |spec: Vec<String>| {
+            let mut args = vec!["-D".to_string(), DOCKER_USER.to_string()];
+            args.extend(spec);
+            args
+        };
+        assert_eq!(deletes[0], expected(established));
+        assert_eq!(deletes[1], expected(incoming));
+        assert!(banger_rules(listing, FORWARD, "br0").is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_fake_opens_once_in_docker_user_and_closes_everything() {
+        let fake = FakeHostForward::dropping(true);
+        assert_eq!(
+            fake.open("br0").await.unwrap().as_deref(),
+            Some(DOCKER_USER)
+        );
+        assert_eq!(
+            fake.open("br0").await.unwrap().as_deref(),
+            Some(DOCKER_USER)
+        );
+        assert_eq!(fake.state().rules.len(), 2, "idempotent");
+        assert_eq!(fake.close("br0").await.unwrap(), 2);
+        assert_eq!(fake.close("br0").await.unwrap(), 0);
+        let open = FakeHostForward::new();
+        assert_eq!(open.open("br0").await.unwrap(), None);
+        assert!(open.state().rules.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_iptables_binary_means_nothing_to_open_or_close() {
+        let real = RealHostForward::new(None, "/nonexistent/banger-iptables");
+        assert_eq!(real.open("br0").await.unwrap(), None);
+        assert_eq!(real.close("br0").await.unwrap(), 0);
+    }
+}
