@@ -9,7 +9,8 @@
 //!  refill task  ─▶ keeps `tap_pool_size` taps made ahead of demand
 //!  reconcile    ─▶ (daemon start) adopt running VMs, then sweep
 //!  sweep        ─▶ delete every banger tap that is neither pooled, being made, nor attached;
-//!                  re-apply the table while a VM is attached, delete it when none is
+//!                  re-apply the table (and host FORWARD accepts) while a VM is attached,
+//!                  delete them when none is
 //! ```
 //!
 //! Ownership: every tap is owned by exactly one of the pool, the set of taps being made, or the
@@ -17,7 +18,9 @@
 //! and reads that state second, so a tap made concurrently is always owned by the time it is
 //! looked at. The nftables table exists exactly while at least one VM is attached (its content
 //! does not depend on which: port forwards go through the userspace proxy), and all rule changes
-//! are serialized by one async lock. Nothing is created at daemon start: the bridge, table and
+//! are serialized by one async lock. The host's iptables FORWARD accepts
+//! (`banger_host::hostfw`, only when that chain drops by default and `host_forward_accept` is
+//! on) follow the table: opened after every apply, closed when it is deleted. Nothing is created at daemon start: the bridge, table and
 //! responder appear with the first VM that needs them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -27,6 +30,7 @@ use std::time::Duration;
 
 use banger_api::{PortForward, VmId};
 use banger_core::backends::{BoxError, NetAttachment, PublishError, RunningVm, VmNetwork};
+use banger_host::hostfw::HostForward;
 use banger_host::links::{LinkError, Links};
 use banger_host::nft::{NatRuleset, Nft, NftError, FAMILY};
 use banger_store::records::VmRecord;
@@ -68,6 +72,9 @@ pub struct NetworkSettings {
     pub publish_address: IpAddr,
     /// The DNS responder; `None` runs none (unit tests).
     pub dns: Option<DnsSettings>,
+    /// Open the namespace's iptables FORWARD chain for the bridge while the table exists, when
+    /// it drops by default (see `banger_host::hostfw`).
+    pub host_forward_accept: bool,
 }
 
 impl NetworkSettings {
@@ -97,6 +104,7 @@ impl NetworkSettings {
                 port: 53,
                 upstreams,
             }),
+            host_forward_accept: network.host_forward_accept,
         }
     }
 }
@@ -172,6 +180,15 @@ pub enum NetError {
     },
 }
 
+/// What one [`Shared::sync_rules`] did.
+#[derive(Debug, Default)]
+struct RulesChange {
+    /// `Some("applied")` or `Some("deleted")` when banger's table changed.
+    table: Option<&'static str>,
+    /// banger's rules removed from the host's iptables FORWARD / DOCKER-USER.
+    host_accepts_removed: usize,
+}
+
 /// One VM on the bridge.
 #[derive(Debug, Clone)]
 struct Attached {
@@ -193,6 +210,7 @@ struct Shared {
     settings: NetworkSettings,
     links: Arc<dyn Links>,
     nft: Arc<dyn Nft>,
+    host_forward: Arc<dyn HostForward>,
     netns: Netns,
     state: Mutex<State>,
     /// Serializes the one-time setup.
@@ -342,11 +360,15 @@ impl Shared {
     }
 
     /// Brings banger's table in line with "at least one VM is attached" (`force`: re-apply or
-    /// re-delete even when the in-memory flag says it is already so).
-    async fn sync_rules(&self, force: bool) -> Result<Option<&'static str>, NetError> {
+    /// re-delete even when the in-memory flag says it is already so). The host's FORWARD
+    /// accepts follow the table: opened after each apply, closed with the delete; failing to
+    /// change them costs VMs the world beyond the host, not their network, so it is a warning.
+    async fn sync_rules(&self, force: bool) -> Result<RulesChange, NetError> {
         let mut applied = self.rules.lock().await;
         let want = !self.state().attached.is_empty();
         let table = self.settings.table.clone();
+        let bridge = self.settings.bridge.as_str();
+        let mut change = RulesChange::default();
         if want && (force || !*applied) {
             self.nft
                 .apply(&self.ruleset())
@@ -356,13 +378,28 @@ impl Shared {
                     table,
                     source,
                 })?;
+            let first = !*applied;
             *applied = true;
-            return Ok(Some("applied"));
+            change.table = Some("applied");
+            if self.settings.host_forward_accept {
+                match self.host_forward.open(bridge).await {
+                    Ok(Some(chain)) if first => tracing::info!(
+                        %bridge, %chain,
+                        "the host's iptables FORWARD drops by default: accepts for the bridge are in {chain}"
+                    ),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(
+                        error = %chain(&err),
+                        "could not open the host's FORWARD chain; VMs may not reach beyond the host"
+                    ),
+                }
+            }
+            return Ok(change);
         }
         if !want && (force || *applied) {
             if !self.netns.exists() {
                 *applied = false;
-                return Ok(None);
+                return Ok(change);
             }
             let present = self
                 .nft
@@ -384,11 +421,18 @@ impl Shared {
                         table,
                         source,
                     })?;
+                change.table = Some("deleted");
             }
             *applied = false;
-            return Ok(present.then_some("deleted"));
+            match self.host_forward.close(bridge).await {
+                Ok(removed) => change.host_accepts_removed = removed,
+                Err(err) => tracing::warn!(
+                    error = %chain(&err),
+                    "could not remove banger's accepts from the host's FORWARD chain"
+                ),
+            }
         }
-        Ok(None)
+        Ok(change)
     }
 
     async fn sweep(&self) -> Result<Vec<String>, NetError> {
@@ -419,10 +463,17 @@ impl Shared {
                 }
             }
         }
-        if self.sync_rules(true).await? == Some("deleted") {
+        let change = self.sync_rules(true).await?;
+        if change.table == Some("deleted") {
             report.push(format!(
                 "removed nftables table {FAMILY} {} (no VM attached)",
                 self.settings.table
+            ));
+        }
+        if change.host_accepts_removed > 0 {
+            report.push(format!(
+                "removed {} accept rule(s) for {} from iptables (no VM attached)",
+                change.host_accepts_removed, self.settings.bridge
             ));
         }
         self.refill.notify_one();
@@ -475,12 +526,14 @@ async fn refill_pool(shared: Arc<Shared>) {
 }
 
 impl BridgeNetwork {
-    /// The network over `links` and `nft` (which must act in `settings.netns`). Creates nothing
-    /// until the first attach; must be called inside a tokio runtime (it spawns the refill task).
+    /// The network over `links`, `nft` and `host_forward` (which must act in `settings.netns`).
+    /// Creates nothing until the first attach; must be called inside a tokio runtime (it spawns
+    /// the refill task).
     pub fn new(
         settings: NetworkSettings,
         links: Arc<dyn Links>,
         nft: Arc<dyn Nft>,
+        host_forward: Arc<dyn HostForward>,
     ) -> Result<Self, DnsError> {
         let netns = Netns::new(settings.netns.clone());
         let shared = Arc::new(Shared {
@@ -489,6 +542,7 @@ impl BridgeNetwork {
             settings,
             links,
             nft,
+            host_forward,
             netns,
             state: Mutex::new(State::default()),
             setup: tokio::sync::Mutex::new(()),
@@ -503,7 +557,7 @@ impl BridgeNetwork {
         })
     }
 
-    /// The real network for `config`: netlink links and `nft` inside `network.netns`.
+    /// The real network for `config`: netlink links, `nft` and `iptables` inside `network.netns`.
     pub fn real(config: &banger_config::Config) -> Result<Self, DnsError> {
         let settings = NetworkSettings::from_config(config);
         let netns = settings.netns.clone();
@@ -511,8 +565,12 @@ impl BridgeNetwork {
             settings,
             Arc::new(banger_host::links::RealLinks::new(netns.clone())),
             Arc::new(banger_host::nft::RealNft::new(
-                netns,
+                netns.clone(),
                 banger_host::nft::DEFAULT_NFT_BINARY,
+            )),
+            Arc::new(banger_host::hostfw::RealHostForward::new(
+                netns,
+                banger_host::hostfw::DEFAULT_IPTABLES_BINARY,
             )),
         )
     }

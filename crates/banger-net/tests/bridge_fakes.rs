@@ -1,5 +1,6 @@
 //! `BridgeNetwork` over the recording fakes of links and nftables: setup on first attach only,
-//! the warm pool, rollback on injected failures, detach, reconcile and sweep.
+//! the warm pool, rollback on injected failures, detach, reconcile and sweep, and the host
+//! FORWARD accepts following banger's table.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use banger_api::{DesiredState, ImageId, PortForward, PortProto, VmId, VmName, VmState};
 use banger_core::backends::{RunningVm, VmNetwork};
+use banger_host::hostfw::{FakeHostForward, DOCKER_USER};
 use banger_host::links::{FakeLinks, LinkCall, LinkOp, Links};
 use banger_host::nft::{FakeNft, Nft, NftOp};
 use banger_net::{BridgeNetwork, NetworkSettings};
@@ -26,6 +28,7 @@ fn settings(pool: usize) -> NetworkSettings {
         table: "banger".into(),
         publish_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
         dns: None,
+        host_forward_accept: true,
     }
 }
 
@@ -56,14 +59,26 @@ fn vm(name: &str, last_octet: u8) -> VmRecord {
 struct Rig {
     links: Arc<FakeLinks>,
     nft: Arc<FakeNft>,
+    host_forward: Arc<FakeHostForward>,
     net: BridgeNetwork,
 }
 
 fn rig(pool: usize) -> Rig {
+    rig_with(settings(pool), FakeHostForward::new())
+}
+
+fn rig_with(settings: NetworkSettings, host_forward: FakeHostForward) -> Rig {
     let links = Arc::new(FakeLinks::new());
     let nft = Arc::new(FakeNft::new());
-    let net = BridgeNetwork::new(settings(pool), links.clone(), nft.clone()).unwrap();
-    Rig { links, nft, net }
+    let host_forward = Arc::new(host_forward);
+    let net =
+        BridgeNetwork::new(settings, links.clone(), nft.clone(), host_forward.clone()).unwrap();
+    Rig {
+        links,
+        nft,
+        host_forward,
+        net,
+    }
 }
 
 fn taps(links: &FakeLinks) -> Vec<String> {
@@ -287,4 +302,66 @@ async fn forwards_are_published_only_for_attached_vms_and_dropped_on_detach() {
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err());
     r.net.detach(&a, None).await.unwrap();
     std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+}
+
+#[tokio::test]
+async fn a_dropping_host_forward_chain_is_opened_with_the_table_and_closed_with_it() {
+    let r = rig_with(settings(0), FakeHostForward::dropping(true));
+    let (a, b) = (vm("alpha", 2), vm("beta", 3));
+    let tap_a = r.net.attach(&a).await.unwrap().unwrap().iface.tap;
+    let tap_b = r.net.attach(&b).await.unwrap().unwrap().iface.tap;
+    let rules = r.host_forward.state().rules.clone();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(rules
+        .iter()
+        .all(|(chain, bridge)| chain == DOCKER_USER && bridge == BRIDGE));
+
+    // Docker restarted and flushed DOCKER-USER: the sweep (re-applying the table) restores them.
+    r.host_forward.state().rules.clear();
+    r.net.sweep().await.unwrap();
+    assert_eq!(r.host_forward.state().rules.len(), 2);
+
+    r.net.detach(&a, Some(&tap_a)).await.unwrap();
+    assert_eq!(r.host_forward.state().rules.len(), 2, "beta still runs");
+    r.net.detach(&b, Some(&tap_b)).await.unwrap();
+    assert!(
+        r.host_forward.state().rules.is_empty(),
+        "gone with the table"
+    );
+}
+
+#[tokio::test]
+async fn the_sweep_removes_accepts_a_killed_daemon_left_and_opt_out_never_opens() {
+    let mut quiet = settings(0);
+    quiet.host_forward_accept = false;
+    let r = rig_with(quiet, FakeHostForward::dropping(false));
+    r.host_forward
+        .state()
+        .rules
+        .push(("FORWARD".into(), BRIDGE.into()));
+    let report = r.net.sweep().await.unwrap();
+    assert!(r.host_forward.state().rules.is_empty());
+    assert!(
+        report
+            .iter()
+            .any(|l| l.contains("accept rule(s) for br-test")),
+        "{report:?}"
+    );
+    let a = vm("alpha", 2);
+    r.net.attach(&a).await.unwrap().unwrap();
+    assert!(r.nft.current("banger").is_some());
+    assert!(
+        r.host_forward.state().rules.is_empty(),
+        "host_forward_accept = false leaves the host's firewall alone"
+    );
+}
+
+#[tokio::test]
+async fn a_failure_to_open_the_host_firewall_does_not_fail_the_attach() {
+    let fw = FakeHostForward::dropping(true);
+    fw.state().fail_open = 1;
+    let r = rig_with(settings(0), fw);
+    let a = vm("alpha", 2);
+    assert!(r.net.attach(&a).await.unwrap().is_some());
+    assert!(r.nft.current("banger").is_some());
 }
