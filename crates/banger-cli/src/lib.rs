@@ -455,6 +455,7 @@ pub fn doctor_inputs(config: &banger_config::Config) -> banger_doctor::DoctorInp
         subnet: (config.network.subnet.addr(), config.network.subnet.prefix()),
         bridge: config.network.bridge.clone(),
         netns: config.network.netns.clone(),
+        host_forward_accept: config.network.host_forward_accept,
     }
 }
 

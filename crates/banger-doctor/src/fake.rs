@@ -21,6 +21,7 @@ pub struct FakeHost {
     present: BTreeSet<PathBuf>,
     openable: BTreeSet<PathBuf>,
     binaries: BTreeMap<String, FakeBinary>,
+    outputs: BTreeMap<(PathBuf, String), io::Result<String>>,
     free: BTreeMap<PathBuf, (u64, u64)>,
     cpu_flags: Vec<String>,
     euid: u32,
@@ -72,6 +73,18 @@ impl FakeHost {
                 output: version_output.into(),
             },
         );
+        self
+    }
+
+    /// What running `path` with exactly `args` prints (`Err`: it fails), overriding the output
+    /// staged with [`FakeHost::with_binary`] for those arguments.
+    pub fn with_output(
+        mut self,
+        path: impl Into<PathBuf>,
+        args: &[&str],
+        output: io::Result<String>,
+    ) -> Self {
+        self.outputs.insert((path.into(), args.join(" ")), output);
         self
     }
 
@@ -159,6 +172,12 @@ impl HostProbe for FakeHost {
             question.push_str(arg);
         }
         self.record(question);
+        if let Some(output) = self.outputs.get(&(program.to_path_buf(), args.join(" "))) {
+            return match output {
+                Ok(text) => Ok(text.clone()),
+                Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+            };
+        }
         self.binaries
             .values()
             .find(|binary| binary.path == program)

@@ -62,6 +62,8 @@ pub struct DoctorInputs {
     pub bridge: String,
     /// The network namespace VMs live in, if banger is configured to use one.
     pub netns: Option<String>,
+    /// `network.host_forward_accept`: whether bangerd opens an iptables FORWARD that drops.
+    pub host_forward_accept: bool,
 }
 
 /// Runs every check against `probe` and returns the report, checks in a fixed order.
@@ -79,6 +81,7 @@ pub fn run(probe: &dyn HostProbe, inputs: &DoctorInputs) -> Report {
     checks.push(network::bridge_check(probe, inputs));
     checks.push(network::vhost_check(probe));
     checks.push(network::subnet_check(probe, inputs));
+    checks.push(network::forward_firewall_check(probe, inputs));
     checks.push(tools::disk_check(probe, inputs));
     checks.push(tools::e2fsprogs_check(probe));
     checks.push(tools::debootstrap_check(probe));

@@ -1,5 +1,6 @@
-//! Network checks: tun, IPv4 forwarding, nftables, banger's bridge, vhost devices, and whether
-//! the VM subnet collides with a route the host already has.
+//! Network checks: tun, IPv4 forwarding, nftables, banger's bridge, vhost devices, whether
+//! the VM subnet collides with a route the host already has, and whether a firewall's forward
+//! chain would drop the VMs' traffic.
 //!
 //! All of these look at the namespace doctor runs in (the host's). When banger is configured to
 //! keep its VMs in a network namespace, the bridge and subnet checks say so instead of judging
@@ -215,6 +216,113 @@ pub(crate) fn subnet_check(probe: &dyn HostProbe, inputs: &DoctorInputs) -> Chec
 
 /// A network with `subnet`'s prefix length in 10.200.0.0–10.254.255.255 that no non-default
 /// route overlaps, for the fix hint; `None` for prefixes shorter than /16.
+/// A forward chain that drops by default cuts VMs off from everything beyond the host: an
+/// accept in banger's table does not override a drop in another table. iptables' `FORWARD`
+/// (Docker, ufw) is opened by bangerd when `network.host_forward_accept` is on; native nftables
+/// base chains (firewalld, a hand-written table) are only reported.
+pub(crate) fn forward_firewall_check(probe: &dyn HostProbe, inputs: &DoctorInputs) -> Check {
+    const NAME: &str = "forward firewall";
+    let bridge = &inputs.bridge;
+    if let Some(netns) = &inputs.netns {
+        return Check::pass(
+            NAME,
+            format!(
+                "VMs are forwarded inside netns {netns}; this namespace's FORWARD chain is not on their path"
+            ),
+        );
+    }
+    let mut notes = Vec::new();
+    if let Some(iptables) = probe.find_in_path("iptables") {
+        match probe.command_output(&iptables, &["-w", "-S", "FORWARD"]) {
+            Ok(listing) if iptables_forward_drops(&listing) => {
+                if !inputs.host_forward_accept {
+                    return Check::warn(
+                        NAME,
+                        "iptables FORWARD drops by default (Docker or ufw) and \
+                         network.host_forward_accept = false: VMs cannot reach beyond the host",
+                        format!(
+                            "set network.host_forward_accept = true, or add \
+                             `iptables -I DOCKER-USER -i {bridge} -j ACCEPT` and \
+                             `iptables -I DOCKER-USER -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT` \
+                             (FORWARD instead of DOCKER-USER without Docker)"
+                        ),
+                    );
+                }
+                notes.push(format!(
+                    "iptables FORWARD drops by default (Docker or ufw); bangerd adds two accepts \
+                     for {bridge} (comment banger:{bridge}) while VMs run"
+                ));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                return Check::warn(
+                    NAME,
+                    format!("could not list iptables' FORWARD chain ({err})"),
+                    "run `sudo banger doctor` to check as root",
+                )
+            }
+        }
+    }
+    if let Some(nft) = probe.find_in_path("nft") {
+        if let Ok(listing) = probe.command_output(&nft, &["-j", "list", "chains"]) {
+            let dropping = dropping_forward_chains(&listing);
+            if !dropping.is_empty() {
+                return Check::warn(
+                    NAME,
+                    format!(
+                        "{} drop(s) forwarded packets by default; VMs cannot reach beyond the host",
+                        dropping.join(", ")
+                    ),
+                    format!(
+                        "add `iifname {bridge} accept` and `oifname {bridge} ct state established,related accept` \
+                         to that chain (banger changes no firewall but iptables' FORWARD)"
+                    ),
+                );
+            }
+        }
+    }
+    if notes.is_empty() {
+        Check::pass(NAME, "no forward chain drops by default")
+    } else {
+        Check::pass(NAME, notes.join("; "))
+    }
+}
+
+/// `iptables -S FORWARD` says `-P FORWARD DROP`.
+fn iptables_forward_drops(listing: &str) -> bool {
+    listing
+        .lines()
+        .any(|line| line.split_whitespace().eq(["-P", "FORWARD", "DROP"]))
+}
+
+/// From `nft -j list chains`: the forward-hook base chains with a drop policy, as
+/// `FAMILY TABLE CHAIN`, except iptables-nft's own `ip filter FORWARD` (read through iptables)
+/// and banger's table.
+fn dropping_forward_chains(listing: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Listing {
+        nftables: Vec<serde_json::Value>,
+    }
+    let Ok(listing) = serde_json::from_str::<Listing>(listing) else {
+        return Vec::new();
+    };
+    listing
+        .nftables
+        .iter()
+        .filter_map(|item| item.get("chain"))
+        .filter(|chain| chain["hook"] == "forward" && chain["policy"] == "drop")
+        .filter_map(|chain| {
+            let (family, table, name) = (
+                chain["family"].as_str()?,
+                chain["table"].as_str()?,
+                chain["name"].as_str()?,
+            );
+            let iptables = matches!(family, "ip" | "ip6") && table == "filter" && name == "FORWARD";
+            (!iptables && table != "banger").then(|| format!("{family} {table} {name}"))
+        })
+        .collect()
+}
+
 fn free_subnet_like(subnet: Ipv4Net, routes: &[Route]) -> Option<Ipv4Net> {
     if subnet.prefix() < 16 {
         return None;
@@ -250,6 +358,7 @@ mod tests {
             subnet,
             bridge: "banger0".into(),
             netns: netns.map(str::to_owned),
+            host_forward_accept: true,
         }
     }
 
@@ -324,5 +433,82 @@ mod tests {
         let host = FakeHost::new().with_path("/sys/class/net/banger0/bridge");
         let check = bridge_check(&host, &inputs((Ipv4Addr::new(10, 0, 0, 0), 24), None));
         assert_eq!(check.status, Status::Pass);
+    }
+
+    const IPTABLES: &str = "/usr/sbin/iptables";
+    const NFT: &str = "/usr/sbin/nft";
+
+    fn firewall_host(forward: &str, chains: &str) -> FakeHost {
+        FakeHost::new()
+            .with_binary("iptables", IPTABLES, "iptables v1.8.9 (nf_tables)")
+            .with_binary("nft", NFT, "nftables v1.0.6")
+            .with_output(IPTABLES, &["-w", "-S", "FORWARD"], Ok(forward.into()))
+            .with_output(NFT, &["-j", "list", "chains"], Ok(chains.into()))
+    }
+
+    const NO_CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}]}"#;
+
+    #[test]
+    fn a_docker_style_forward_drop_passes_when_bangerd_opens_it_and_warns_otherwise() {
+        let host = firewall_host("-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n", NO_CHAINS);
+        let mut given = inputs((Ipv4Addr::new(172, 30, 0, 0), 24), None);
+        let check = forward_firewall_check(&host, &given);
+        assert_eq!(check.status, Status::Pass, "{check:?}");
+        assert!(check.summary.contains("banger:banger0"), "{check:?}");
+        given.host_forward_accept = false;
+        let check = forward_firewall_check(&host, &given);
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert!(check
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("DOCKER-USER -i banger0"));
+    }
+
+    #[test]
+    fn a_native_nft_chain_that_drops_is_named() {
+        let chains = r#"{"nftables": [
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "hook": "forward", "prio": 0, "policy": "drop"}},
+            {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD", "hook": "forward", "prio": 10, "policy": "drop"}},
+            {"chain": {"family": "inet", "table": "banger", "name": "forward", "hook": "forward", "prio": -1, "policy": "accept"}},
+            {"chain": {"family": "inet", "table": "mine", "name": "input", "hook": "input", "prio": 0, "policy": "drop"}}
+        ]}"#;
+        let host = firewall_host("-P FORWARD ACCEPT\n", chains);
+        let check =
+            forward_firewall_check(&host, &inputs((Ipv4Addr::new(172, 30, 0, 0), 24), None));
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert!(
+            check
+                .summary
+                .starts_with("inet firewalld filter_FORWARD drop"),
+            "{check:?}"
+        );
+        assert!(check
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("iifname banger0 accept"));
+    }
+
+    #[test]
+    fn an_accepting_host_or_a_netns_passes_and_an_unreadable_iptables_warns() {
+        let host = firewall_host("-P FORWARD ACCEPT\n", NO_CHAINS);
+        let subnet = (Ipv4Addr::new(172, 30, 0, 0), 24);
+        assert_eq!(
+            forward_firewall_check(&host, &inputs(subnet, None)).status,
+            Status::Pass
+        );
+        let check = forward_firewall_check(&FakeHost::new(), &inputs(subnet, Some("vmns")));
+        assert!(check.summary.contains("netns vmns"), "{check:?}");
+        let denied = FakeHost::new()
+            .with_binary("iptables", IPTABLES, "")
+            .with_output(
+                IPTABLES,
+                &["-w", "-S", "FORWARD"],
+                Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+            );
+        let check = forward_firewall_check(&denied, &inputs(subnet, None));
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert!(check.hint.as_deref().unwrap().contains("sudo"));
     }
 }

@@ -145,6 +145,7 @@ mod tests {
             subnet: (std::net::Ipv4Addr::new(172, 30, 0, 0), 24),
             bridge: "banger0".into(),
             netns: None,
+            host_forward_accept: true,
         }
     }
 

@@ -47,6 +47,7 @@ fn inputs() -> DoctorInputs {
         subnet: (Ipv4Addr::new(172, 30, 0, 0), 24),
         bridge: "banger0".into(),
         netns: None,
+        host_forward_accept: true,
     }
 }
 

@@ -21,6 +21,7 @@ fn real_host_report_is_complete_and_recognises_pvm() {
         subnet: (Ipv4Addr::new(172, 30, 0, 0), 24),
         bridge: "banger-doctor-test0".into(),
         netns: None,
+        host_forward_accept: true,
     };
 
     let report = run(&RealHost { root: "/".into() }, &inputs);
