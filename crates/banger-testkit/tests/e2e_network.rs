@@ -1,11 +1,13 @@
 //! End to end with real guests on banger's VM network, always inside a network namespace the
 //! test creates and deletes (`network.netns`): addresses, the gateway, DNS names and relaying,
-//! port forwards from the root namespace's loopback into a guest, 409 on a taken port, and
-//! nothing left behind after delete or after a SIGKILL of the daemon and a restart.
+//! port forwards from the root namespace's loopback into a guest, 409 on a taken port, NAT to an
+//! "upstream" host in a second test-owned namespace through a Docker-style `FORWARD DROP`
+//! firewall, and nothing left behind after delete or after a SIGKILL of the daemon (with a
+//! create in flight) and a restart.
 //!
 //! Needs root, QEMU, vhost-device-vsock and the test guest; ignored by default, run with
 //! `--include-ignored`. No packet leaves the machine: the only upstream resolver is a tiny one
-//! the test runs inside the namespace.
+//! the test runs inside the namespace, and the only "outside" is another test namespace.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use banger_agent::client::{AgentClient, ExecOutput};
 use banger_api::{ErrorCode, Operation, OperationStatus, PortForward};
 use banger_cli::client::ClientError;
+use banger_host::process::Processes;
 use banger_net::Netns;
 use banger_testkit::{test_guest, DaemonProcess, RealDaemon, TestNetns};
 use hyper::Method;
@@ -34,6 +37,29 @@ fn config(netns: &str, bridge: &str) -> String {
          [network]\nnetns = \"{netns}\"\nbridge = \"{bridge}\"\nsubnet = \"{SUBNET}\"\n\
          domain = \"vm\"\ntap_pool_size = 2\ndns_upstream = \"127.0.0.1:{UPSTREAM_PORT}\"\n"
     )
+}
+
+/// `ip netns exec NS iptables -w ...`, asserting success; returns stdout.
+fn iptables_in(netns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "iptables", "-w"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "iptables {args:?} in {netns}: {out:?}"
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The lines of `iptables -S` in the namespace that carry banger's comment.
+fn banger_iptables_rules(netns: &str) -> Vec<String> {
+    iptables_in(netns, &["-S"])
+        .lines()
+        .filter(|l| l.contains("banger:"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// `ip -n NS ...`, asserting success; returns stdout.
@@ -326,7 +352,7 @@ async fn guests_get_addresses_names_dns_and_port_forwards_and_delete_leaves_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root, qemu-system-x86_64, vhost-device-vsock and the Debian test guest; run with --include-ignored"]
-async fn after_a_daemon_sigkill_the_restart_sweeps_stale_taps_and_readopts_the_vm() {
+async fn after_a_daemon_sigkill_mid_create_the_restart_sweeps_everything_no_vm_owns() {
     let ns = TestNetns::new("sweep");
     let dir = tempfile::tempdir().unwrap();
     let config = config(&ns.name, "bgtestbr1");
@@ -369,11 +395,33 @@ async fn after_a_daemon_sigkill_the_restart_sweeps_stale_taps_and_readopts_the_v
     while taps_in(&ns.name).len() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A second create in flight when the daemon dies: SIGKILL it as soon as the VM's VMM
+    // exists, i.e. after its network stage took a tap.
+    let op: Operation = d
+        .client
+        .call(
+            Method::POST,
+            "/v1/vms",
+            Some(&json!({"name": "inflight", "image": "testguest"})),
+        )
+        .await
+        .unwrap();
+    let inflight_run_dir = d
+        .config
+        .runtime_dir
+        .join("vms")
+        .join(op.vm_id.unwrap().to_string())
+        .display()
+        .to_string();
+    let processes = banger_host::process::RealProcesses::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes.find_mentioning(&inflight_run_dir).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let before = taps_in(&ns.name);
-    assert_eq!(
-        before.len(),
-        3,
-        "the VM's tap and a full pool of 2: {before:?}"
+    assert!(
+        before.len() >= 3,
+        "both VMs' taps and what is left of the pool: {before:?}"
     );
     let vm_dir = d.config.vms_dir();
     d.kill9();
@@ -406,6 +454,12 @@ async fn after_a_daemon_sigkill_the_restart_sweeps_stale_taps_and_readopts_the_v
         assert!(!after.contains(stale), "stale tap {stale} swept: {after:?}");
     }
     assert_eq!(nft_tables_in(&ns.name), vec!["inet banger"]);
+    let inflight = d.vm("inflight").await;
+    assert_eq!(inflight.state, banger_api::VmState::Error, "{inflight:#?}");
+    assert!(
+        processes.find_mentioning(&inflight_run_dir).is_empty(),
+        "the in-flight VM's processes are gone"
+    );
     // The adopted VM still has its network.
     let agent = agent_of(&d, "survivor").await;
     let out = sh(&agent, &format!("ping -c1 -W3 {GATEWAY}")).await;
@@ -415,8 +469,173 @@ async fn after_a_daemon_sigkill_the_restart_sweeps_stale_taps_and_readopts_the_v
         text(&out)
     );
 
+    // Its address goes with it; the survivor keeps its own.
+    d.expect_ok(&d.delete("/v1/vms/inflight?force=true").await)
+        .await;
+    let vms: Vec<banger_api::Vm> = d.client.get("/v1/vms").await.unwrap();
+    let addresses: Vec<_> = vms
+        .iter()
+        .map(|v| (v.name.to_string(), v.ip.clone()))
+        .collect();
+    assert_eq!(
+        addresses,
+        vec![("survivor".to_string(), vm.ip.clone())],
+        "the address table holds only the survivor's"
+    );
     d.expect_ok(&d.delete("/v1/vms/survivor?force=true").await)
         .await;
     assert!(nft_tables_in(&ns.name).is_empty());
+    let ruleset = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    assert!(
+        ruleset.stdout.is_empty(),
+        "nft list ruleset: {}",
+        String::from_utf8_lossy(&ruleset.stdout)
+    );
     d.stop().await;
+}
+
+/// The "outer" address of banger's namespace on the link to the upstream namespace.
+const OUTER: &str = "198.51.100.1";
+/// The upstream host, in a second namespace.
+const UPSTREAM: &str = "198.51.100.2";
+const UPSTREAM_TCP: u16 = 7000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, qemu-system-x86_64, vhost-device-vsock, iptables and the Debian test guest; run with --include-ignored"]
+async fn guest_traffic_leaves_masqueraded_even_behind_a_docker_style_forward_drop() {
+    // banger's namespace, wired to an "upstream" namespace that stands for the world.
+    let ns = TestNetns::new("nat");
+    let up = TestNetns::new("up");
+    ip_in(
+        &ns.name,
+        &[
+            "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &up.name,
+        ],
+    );
+    ip_in(
+        &ns.name,
+        &["addr", "add", &format!("{OUTER}/24"), "dev", "up0"],
+    );
+    ip_in(&ns.name, &["link", "set", "up0", "up"]);
+    ip_in(
+        &up.name,
+        &["addr", "add", &format!("{UPSTREAM}/24"), "dev", "eth0"],
+    );
+    ip_in(&up.name, &["link", "set", "eth0", "up"]);
+    ip_in(&up.name, &["link", "set", "lo", "up"]);
+    // What Docker leaves in the namespace: FORWARD drops, DOCKER-USER first, then RETURN.
+    iptables_in(&ns.name, &["-P", "FORWARD", "DROP"]);
+    iptables_in(&ns.name, &["-N", "DOCKER-USER"]);
+    iptables_in(&ns.name, &["-A", "FORWARD", "-j", "DOCKER-USER"]);
+    iptables_in(&ns.name, &["-A", "DOCKER-USER", "-j", "RETURN"]);
+
+    // The upstream host answers every TCP connection with the address it came from.
+    let listener = Netns::new(Some(up.name.clone()))
+        .bind_tcp(SocketAddr::from((
+            UPSTREAM.parse::<Ipv4Addr>().unwrap(),
+            UPSTREAM_TCP,
+        )))
+        .await
+        .unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream
+                .write_all(format!("peer={}\n", peer.ip()).as_bytes())
+                .await;
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = RealDaemon::start(dir.path(), &config(&ns.name, "bgtestbr2")).await;
+    d.add_test_image("testguest", &test_guest().vmlinuz, vec![]);
+    d.expect_ok(
+        &d.post("/v1/vms", json!({"name": "natted", "image": "testguest"}))
+            .await,
+    )
+    .await;
+    let guest_ip = d.vm("natted").await.ip.unwrap();
+    let accepts = banger_iptables_rules(&ns.name);
+    assert_eq!(accepts.len(), 2, "accepts in DOCKER-USER: {accepts:?}");
+    assert!(
+        accepts.iter().all(|l| l.starts_with("-A DOCKER-USER")),
+        "{accepts:?}"
+    );
+
+    let agent = agent_of(&d, "natted").await;
+    let fetch = format!("nc -w 5 {UPSTREAM} {UPSTREAM_TCP} </dev/null");
+    let out = sh(&agent, &format!("ping -c1 -W3 {UPSTREAM} && {fetch}")).await;
+    assert!(out.status.success(), "guest -> upstream: {}", text(&out));
+    let seen = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        seen.contains(&format!("peer={OUTER}")) && !seen.contains(&guest_ip),
+        "upstream saw the namespace's outer address, not the guest's {guest_ip}: {}",
+        text(&out)
+    );
+
+    // Control: without banger's accepts, Docker's DROP policy does cut the guest off.
+    for rule in &accepts {
+        let args: Vec<String> = rule
+            .replacen("-A ", "-D ", 1)
+            .split_whitespace()
+            .map(|w| w.trim_matches('"').to_string())
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        iptables_in(&ns.name, &args);
+    }
+    let out = sh(
+        &agent,
+        &format!("nc -w 3 {UPSTREAM} {UPSTREAM_TCP} </dev/null"),
+    )
+    .await;
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("peer="),
+        "FORWARD DROP without banger's accepts must drop: {}",
+        text(&out)
+    );
+    let out = sh(&agent, &format!("ping -c1 -W3 {GATEWAY}")).await;
+    assert!(
+        out.status.success(),
+        "the gateway is not forwarded: {}",
+        text(&out)
+    );
+
+    // The next sweep (as after Docker flushed its chains) puts the accepts back; a daemon
+    // restart runs one right after re-adopting the VM.
+    let config_text = config(&ns.name, "bgtestbr2");
+    d.stop().await;
+    let d = RealDaemon::start(dir.path(), &config_text).await;
+    assert_eq!(d.vm("natted").await.state, banger_api::VmState::Running);
+    assert_eq!(banger_iptables_rules(&ns.name).len(), 2);
+    // After the restart's sweep deleted the old daemon's pooled taps, the gateway still answers
+    // at the MAC the guest cached (the bridge's MAC is pinned, not its lowest port's).
+    let out = sh(&agent, &format!("ping -c1 -W3 {GATEWAY} && {fetch}")).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("peer={OUTER}")),
+        "restored: {}",
+        text(&out)
+    );
+
+    d.expect_ok(&d.delete("/v1/vms/natted?force=true").await)
+        .await;
+    assert!(
+        banger_iptables_rules(&ns.name).is_empty(),
+        "accepts gone with the last VM"
+    );
+    assert_eq!(
+        nft_tables_in(&ns.name),
+        vec!["ip filter"],
+        "only the test's own table"
+    );
+    assert_eq!(
+        iptables_in(&ns.name, &["-S"]),
+        "-P INPUT ACCEPT\n-P FORWARD DROP\n-P OUTPUT ACCEPT\n-N DOCKER-USER\n\
+         -A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\n",
+        "the test's firewall is as it was"
+    );
+    d.stop().await;
+    server.abort();
 }
