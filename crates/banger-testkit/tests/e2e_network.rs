@@ -639,3 +639,56 @@ async fn guest_traffic_leaves_masqueraded_even_behind_a_docker_style_forward_dro
     d.stop().await;
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the Debian test guest (no VM boots); run with --include-ignored"]
+async fn a_bridge_name_taken_by_another_link_fails_the_create_and_changes_nothing_on_the_host() {
+    let ns = TestNetns::new("taken");
+    ip_in(
+        &ns.name,
+        &[
+            "link",
+            "add",
+            "bgtestbr3",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "bgpeer3",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = RealDaemon::start(dir.path(), &config(&ns.name, "bgtestbr3")).await;
+    d.add_test_image("testguest", &test_guest().vmlinuz, vec![]);
+    let links_before = ip_in(&ns.name, &["-o", "link", "show"]);
+
+    let op = d
+        .post("/v1/vms", json!({"name": "nobridge", "image": "testguest"}))
+        .await;
+    let done = d.wait(&op).await;
+    assert_eq!(done.status, OperationStatus::Failed, "{done:#?}");
+    let message = format!("{:?}", done.error);
+    assert!(
+        message.contains("bgtestbr3") && message.contains("not a bridge"),
+        "the error names the link and what is wrong: {message}"
+    );
+    // The VM stays, in error with the reason, for the user to see; everything it had is gone.
+    let vm = d.vm("nobridge").await;
+    assert_eq!(vm.state, banger_api::VmState::Error);
+    assert!(vm.pid.is_none() && vm.vmm.is_none(), "{vm:#?}");
+    assert!(
+        vm.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("not a bridge"),
+        "{vm:#?}"
+    );
+    assert_eq!(ip_in(&ns.name, &["-o", "link", "show"]), links_before);
+    assert!(taps_in(&ns.name).is_empty());
+    assert!(nft_tables_in(&ns.name).is_empty());
+    d.expect_ok(&d.delete("/v1/vms/nobridge").await).await;
+    let vms: Vec<banger_api::Vm> = d.client.get("/v1/vms").await.unwrap();
+    assert!(vms.is_empty(), "{vms:?}");
+    assert_eq!(ip_in(&ns.name, &["-o", "link", "show"]), links_before);
+    d.stop().await;
+}
