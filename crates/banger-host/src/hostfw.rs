@@ -16,8 +16,8 @@
 //! -o BRIDGE -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment banger:BRIDGE -j ACCEPT
 //! ```
 //!
-//! It is idempotent (`iptables -C` first), so re-opening after Docker rebuilt its chains puts
-//! back what went missing. [`HostForward::close`] deletes every rule carrying that comment from
+//! It is idempotent (both rules already listed: nothing to do; a partial set is replaced), so
+//! re-opening after Docker rebuilt its chains puts back what went missing. [`HostForward::close`] deletes every rule carrying that comment from
 //! both chains, whatever its shape, and nothing else. Both go through the `iptables` binary, so
 //! they work the same with the nft and the legacy backend; a host without `iptables` has no such
 //! firewall to open and both are no-ops. The caller ([`banger-net`]'s bridge network) opens with
@@ -227,18 +227,25 @@ impl HostForward for RealHostForward {
         if !forward_drops(&forward) {
             return Ok(None);
         }
-        let chain = if self.list(&binary, DOCKER_USER).await?.is_some() {
-            DOCKER_USER
-        } else {
-            FORWARD
+        let (chain, listing) = match self.list(&binary, DOCKER_USER).await? {
+            Some(listing) => (DOCKER_USER, listing),
+            None => (FORWARD, forward),
         };
+        // Both rules there (the sweep re-opening): nothing to do. Anything else — none, or a
+        // partial set someone edited — is replaced as a whole, so re-opening never piles up.
+        let present = banger_rules(&listing, chain, bridge);
+        let specs = accept_specs(bridge);
+        if present.len() == specs.len() {
+            return Ok(Some(chain.to_string()));
+        }
+        for delete in present {
+            self.run(&binary, &delete, || {
+                format!("delete a partial accept for {bridge} from iptables chain {chain}")
+            })
+            .await?;
+        }
         // Inserting at the top in reverse order leaves the rules in their listed order.
-        for spec in accept_specs(bridge).iter().rev() {
-            let mut check = vec!["-C".to_string(), chain.to_string()];
-            check.extend(spec.iter().cloned());
-            if self.run(&binary, &check, String::new).await.is_ok() {
-                continue;
-            }
+        for spec in specs.iter().rev() {
             let mut insert = vec!["-I".to_string(), chain.to_string(), "1".to_string()];
             insert.extend(spec.iter().cloned());
             self.run(&binary, &insert, || {

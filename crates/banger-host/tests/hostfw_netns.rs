@@ -79,6 +79,17 @@ async fn docker_s_drop_policy_gets_accepts_in_docker_user_and_only_they_are_remo
     fw.open("br-test").await.unwrap();
     assert_eq!(banger_lines(&ns, "DOCKER-USER").len(), 2);
 
+    // A partial set (someone deleted one) is replaced as a whole, never duplicated.
+    let one = banger_lines(&ns, "DOCKER-USER")[0].replacen("-A ", "-D ", 1);
+    let words: Vec<String> = one
+        .split_whitespace()
+        .map(|w| w.trim_matches('"').to_string())
+        .collect();
+    iptables(&ns, &words.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(banger_lines(&ns, "DOCKER-USER").len(), 1);
+    fw.open("br-test").await.unwrap();
+    assert_eq!(banger_lines(&ns, "DOCKER-USER"), lines);
+
     assert_eq!(fw.close("br-test").await.unwrap(), 2);
     assert_eq!(fw.close("br-test").await.unwrap(), 0);
     assert_eq!(
