@@ -20,7 +20,7 @@
 //! re-opening after Docker rebuilt its chains puts back what went missing. [`HostForward::close`] deletes every rule carrying that comment from
 //! both chains, whatever its shape, and nothing else. Both go through the `iptables` binary, so
 //! they work the same with the nft and the legacy backend; a host without `iptables` has no such
-//! firewall to open and both are no-ops. The caller ([`banger-net`]'s bridge network) opens with
+//! firewall to open and both are no-ops. The caller (`banger-net`'s bridge network) opens with
 //! its table and closes when the table goes, including in the sweep after a daemon was killed.
 //!
 //! Native nftables base chains with a drop policy (firewalld, a hand-written `inet filter`) are
