@@ -26,7 +26,7 @@ fn real_host_report_is_complete_and_recognises_pvm() {
 
     let report = run(&RealHost { root: "/".into() }, &inputs);
 
-    assert_eq!(report.checks.len(), 15, "{}", report.render_human());
+    assert_eq!(report.checks.len(), 16, "{}", report.render_human());
     let human = report.render_human();
     // Shown with `--nocapture`: what doctor says about this machine.
     eprintln!("{human}");
