@@ -2,9 +2,9 @@
 //! of every running VM (`GET /v1/stats`), and the web listener's address (`GET /v1/web`).
 //!
 //! Counters are cumulative since the VMM started; rates are computed by the daemon between two
-//! consecutive samples, so a client never has to keep history to draw a chart. A counter the
-//! backend cannot read (network counters of a tap inside another namespace, block counters of a
-//! VMM that does not report them) is 0, and the matching `*_known` flag says so.
+//! consecutive samples, so a client never has to keep history to draw a chart. Network counters
+//! come from the VM's tap (whatever the VMM), 0 for a VM without a NIC; block counters come from
+//! the VMM. When the VMM's counters cannot be read at all, they are 0 and `io_known` says so.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

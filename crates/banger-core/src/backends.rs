@@ -183,6 +183,27 @@ pub trait VmNetwork: Send + Sync + Debug {
     async fn sweep(&self) -> Result<Vec<String>, BoxError> {
         Ok(Vec::new())
     }
+
+    /// The guest NIC's traffic as its tap counted it (cumulative, from the guest's view: what
+    /// the tap sent is what the guest received); `None` when the tap is not there. Works for
+    /// every VMM, whose own counters may have none (QEMU's microvm).
+    async fn nic_counters(&self, tap: &str) -> Result<Option<NicCounters>, BoxError> {
+        let _ = tap;
+        Ok(None)
+    }
+}
+
+/// A guest NIC's cumulative traffic, from the guest's point of view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NicCounters {
+    /// Bytes the guest received.
+    pub rx_bytes: u64,
+    /// Bytes the guest sent.
+    pub tx_bytes: u64,
+    /// Packets the guest received.
+    pub rx_packets: u64,
+    /// Packets the guest sent.
+    pub tx_packets: u64,
 }
 
 /// What the guest agent said when it first answered.

@@ -11,8 +11,8 @@ use banger_store::records::{ImageRecord, VmRecord};
 use banger_vmm::{Drive, NetIface};
 
 use crate::backends::{
-    AgentHealth, BoxError, DiskCheckError, GuestAgent, NetAttachment, PreparedDisks, PublishError,
-    RunningVm, VmDisks, VmNetwork,
+    AgentHealth, BoxError, DiskCheckError, GuestAgent, NetAttachment, NicCounters, PreparedDisks,
+    PublishError, RunningVm, VmDisks, VmNetwork,
 };
 use banger_api::{PortForward, PortProto};
 
@@ -170,6 +170,8 @@ pub struct FakeNetwork {
     /// Attached VM names, published forwards (host port, proto) -> VM name, ports held by
     /// "another program".
     ports: Mutex<FakePorts>,
+    /// What `nic_counters` reports, per tap (nothing: `None`).
+    nics: Mutex<HashMap<String, NicCounters>>,
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +201,10 @@ impl FakeNetwork {
             .iter()
             .map(|((proto, port), vm)| format!("{port}/{proto}->{vm}"))
             .collect()
+    }
+    /// Makes `nic_counters(tap)` report `counters`.
+    pub fn set_nic_counters(&self, tap: &str, counters: NicCounters) {
+        lock(&self.nics).insert(tap.to_string(), counters);
     }
     /// Makes TCP/UDP host port `port` look held by another program.
     pub fn occupy_port(&self, port: u16) {
@@ -240,6 +246,10 @@ impl VmNetwork for FakeNetwork {
 
     fn netns(&self) -> Option<String> {
         None
+    }
+
+    async fn nic_counters(&self, tap: &str) -> Result<Option<NicCounters>, BoxError> {
+        Ok(lock(&self.nics).get(tap).copied())
     }
 
     async fn publish(&self, vm: &VmRecord, forward: &PortForward) -> Result<(), PublishError> {

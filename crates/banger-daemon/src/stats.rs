@@ -1,9 +1,10 @@
 //! The stats loop: every `stats_poll_interval_secs`, one sample of every running VM.
 //!
 //! For each VM that is running and has handles, the loop reads the VMM process's CPU time and
-//! RSS (plus those of its helper processes, e.g. QEMU's vhost-device-vsock) from procfs and the
-//! VMM's I/O counters through [`banger_vmm::Vmm::counters`], and records them in the shared
-//! [`StatsBook`]. VMs are sampled concurrently and each VMM call is bounded by a timeout, so a
+//! RSS (plus those of its helper processes, e.g. QEMU's vhost-device-vsock) from procfs, the
+//! VMM's I/O counters through [`banger_vmm::Vmm::counters`], and the guest NIC's traffic from its
+//! tap ([`banger_core::backends::VmNetwork::nic_counters`]; the same for every VMM, and the only
+//! source for QEMU's microvm, which reports none), and records them in the shared [`StatsBook`]. VMs are sampled concurrently and each VMM call is bounded by a timeout, so a
 //! VMM that does not answer costs one missing I/O sample, never a stalled loop. Rings of VMs
 //! that stopped are dropped at the next tick. The loop owns no VM: it only reads.
 
@@ -45,12 +46,14 @@ pub async fn tick(manager: &Manager, book: &StatsBook, reader: &ProcReader) {
         }
     };
     let vmm = manager.vmm();
+    let network = manager.backends().network.clone();
     let samples = vms
         .into_iter()
         .filter(|vm| vm.state == VmState::Running)
         .filter_map(|vm| manager.runtime_handles(vm.id).map(|h| (vm, h)))
         .map(|(vm, handles)| {
             let vmm = vmm.clone();
+            let network = network.clone();
             async move {
                 let process = std::iter::once(handles.vmm.process)
                     .chain(handles.vmm.helpers.iter().copied())
@@ -82,6 +85,29 @@ pub async fn tick(manager: &Manager, book: &StatsBook, reader: &ProcReader) {
                         }
                     }
                     None => None,
+                };
+                let io = match (io, &handles.tap) {
+                    (Some(mut io), Some(tap)) => {
+                        match tokio::time::timeout(COUNTERS_TIMEOUT, network.nic_counters(tap))
+                            .await
+                        {
+                            Ok(Ok(Some(nic))) => {
+                                io.net_rx_bytes = nic.rx_bytes;
+                                io.net_tx_bytes = nic.tx_bytes;
+                                io.net_rx_packets = nic.rx_packets;
+                                io.net_tx_packets = nic.tx_packets;
+                            }
+                            Ok(Ok(None)) => {}
+                            Ok(Err(err)) => {
+                                tracing::debug!(vm = %vm.name, error = %err, "stats: tap counters");
+                            }
+                            Err(_) => {
+                                tracing::debug!(vm = %vm.name, "stats: tap counters timed out")
+                            }
+                        }
+                        Some(io)
+                    }
+                    (io, _) => io,
                 };
                 let raw = RawSample {
                     at: chrono::Utc::now(),

@@ -352,6 +352,29 @@ async fn the_stats_loop_samples_running_vms_and_metrics_export_them() {
         .calls()
         .iter()
         .any(|c| c.starts_with("counters:")));
+    // Once the VM's tap reports traffic, the NIC counters come from it, not from the VMM.
+    let tap = d.fakes.network.taps_in_use().pop().unwrap();
+    d.fakes.network.set_nic_counters(
+        &tap,
+        banger_core::backends::NicCounters {
+            rx_bytes: 4096,
+            tx_bytes: 512,
+            rx_packets: 4,
+            tx_packets: 2,
+        },
+    );
+    let n = stats.samples.len();
+    let stats = wait_samples(&d, "dev", n + 1).await;
+    let latest = stats.latest.clone().unwrap();
+    assert_eq!(
+        (
+            latest.net_rx_bytes,
+            latest.net_tx_bytes,
+            latest.net_rx_packets
+        ),
+        (4096, 512, 4)
+    );
+    assert_eq!(latest.block_read_bytes, stats.samples[0].block_read_bytes);
 
     let all: Vec<VmStats> = d.client.get("/v1/stats").await.unwrap();
     assert_eq!(all.len(), 1);
@@ -398,7 +421,10 @@ async fn the_stats_loop_samples_running_vms_and_metrics_export_them() {
         text.contains("banger_vm_cpu_seconds_total{vm=\"dev\"} "),
         "{text}"
     );
-    assert!(text.contains("banger_vm_network_receive_bytes_total{vm=\"dev\"} 1\n"));
+    assert!(
+        text.contains("banger_vm_network_receive_bytes_total{vm=\"dev\"} 4096\n"),
+        "{text}"
+    );
 
     // A stopped VM has no samples; its ring is gone.
     let op: Operation = d

@@ -80,6 +80,20 @@ pub struct LinkInfo {
     pub up: bool,
 }
 
+/// A link's traffic counters, from the kernel's 64-bit link statistics (the link's own view:
+/// for a tap, `rx` is what the guest sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCounters {
+    /// Bytes received by the link.
+    pub rx_bytes: u64,
+    /// Bytes transmitted by the link.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets transmitted.
+    pub tx_packets: u64,
+}
+
 /// Why a link operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -257,6 +271,9 @@ pub trait Links: Send + Sync {
 
     /// Every link of the namespace, by index.
     async fn list_links(&self) -> Result<Vec<LinkInfo>, LinkError>;
+
+    /// The traffic counters of link `name`; `None` when there is no such link.
+    async fn link_counters(&self, name: &str) -> Result<Option<LinkCounters>, LinkError>;
 
     /// Turns IPv4 forwarding of the namespace on or off.
     fn set_ip_forward(&self, enabled: bool) -> Result<(), LinkError>;
@@ -745,6 +762,29 @@ impl Links for RealLinks {
         Ok(link_infos(&messages))
     }
 
+    async fn link_counters(&self, name: &str) -> Result<Option<LinkCounters>, LinkError> {
+        check_ifname(name)?;
+        let handle = self.netlink().await?;
+        let link = find_link(&handle, name)
+            .await
+            .map_err(self.netlink_error(format!("read the counters of {name}")))?;
+        Ok(link.map(|message| {
+            message
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    LinkAttribute::Stats64(stats) => Some(LinkCounters {
+                        rx_bytes: stats.rx_bytes,
+                        tx_bytes: stats.tx_bytes,
+                        rx_packets: stats.rx_packets,
+                        tx_packets: stats.tx_packets,
+                    }),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        }))
+    }
+
     fn set_ip_forward(&self, enabled: bool) -> Result<(), LinkError> {
         let (path, scope) = (&self.paths.ip_forward, self.scope());
         self.in_netns_blocking(|| {
@@ -980,6 +1020,7 @@ struct FakeLinksState {
     addresses: BTreeMap<String, Vec<(Ipv4Addr, u8)>>,
     next_index: u32,
     ip_forward: bool,
+    counters: BTreeMap<String, LinkCounters>,
     calls: Vec<LinkCall>,
     failures: HashMap<LinkOp, usize>,
 }
@@ -1064,6 +1105,11 @@ impl FakeLinks {
             .get(name)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Sets what [`Links::link_counters`] reports for link `name` (zeros until set).
+    pub fn set_counters(&self, name: &str, counters: LinkCounters) {
+        self.state().counters.insert(name.to_string(), counters);
     }
 
     /// Adds a link as if something else had made it (e.g. a tap left over by a crash).
@@ -1170,6 +1216,14 @@ impl Links for FakeLinks {
     async fn list_links(&self) -> Result<Vec<LinkInfo>, LinkError> {
         self.state().enter(LinkOp::ListLinks, LinkCall::ListLinks)?;
         Ok(self.links())
+    }
+
+    async fn link_counters(&self, name: &str) -> Result<Option<LinkCounters>, LinkError> {
+        let state = self.state();
+        Ok(state
+            .links
+            .contains_key(name)
+            .then(|| state.counters.get(name).copied().unwrap_or_default()))
     }
 
     fn set_ip_forward(&self, enabled: bool) -> Result<(), LinkError> {

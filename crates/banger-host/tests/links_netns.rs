@@ -240,3 +240,42 @@ async fn ensure_and_delete_netns_are_idempotent() {
     delete_netns(&name).await.unwrap();
     assert!(!path.exists());
 }
+
+#[tokio::test]
+#[ignore = "needs root and netns; run with --include-ignored"]
+async fn link_counters_count_real_traffic_and_a_missing_link_is_none() {
+    let netns = TestNetns::create();
+    let peer = TestNetns::create();
+    let links = links_in(&netns);
+    netns.exec(
+        "ip",
+        &[
+            "link",
+            "add",
+            "v0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "v1",
+            "netns",
+            peer.name(),
+        ],
+    );
+    netns.exec("ip", &["addr", "add", "10.77.9.1/24", "dev", "v0"]);
+    netns.exec("ip", &["link", "set", "v0", "up"]);
+    peer.exec("ip", &["addr", "add", "10.77.9.2/24", "dev", "v1"]);
+    peer.exec("ip", &["link", "set", "v1", "up"]);
+    let before = links.link_counters("v0").await.unwrap().unwrap();
+    // Three UDP datagrams (plus ARP) in, ARP and ICMP port-unreachable replies out.
+    for _ in 0..3 {
+        peer.exec("bash", &["-c", "echo counted > /dev/udp/10.77.9.1/9"]);
+    }
+    let after = links.link_counters("v0").await.unwrap().unwrap();
+    assert!(
+        after.rx_packets >= before.rx_packets + 3 && after.tx_packets > before.tx_packets,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.rx_bytes >= before.rx_bytes + 3 * 42, "{after:?}");
+    assert_eq!(links.link_counters("nothere0").await.unwrap(), None);
+}

@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use banger_api::{PortForward, VmId};
-use banger_core::backends::{BoxError, NetAttachment, PublishError, RunningVm, VmNetwork};
+use banger_core::backends::{
+    BoxError, NetAttachment, NicCounters, PublishError, RunningVm, VmNetwork,
+};
 use banger_host::hostfw::HostForward;
 use banger_host::links::{LinkError, Links};
 use banger_host::nft::{NatRuleset, Nft, NftError, FAMILY};
@@ -767,5 +769,23 @@ impl VmNetwork for BridgeNetwork {
 
     async fn sweep(&self) -> Result<Vec<String>, BoxError> {
         Ok(self.shared.sweep().await?)
+    }
+
+    async fn nic_counters(&self, tap: &str) -> Result<Option<NicCounters>, BoxError> {
+        if !self.shared.netns.exists() {
+            return Ok(None);
+        }
+        // The tap's receive side is the guest's transmit side, and the other way round.
+        Ok(self
+            .shared
+            .links
+            .link_counters(tap)
+            .await?
+            .map(|tap| NicCounters {
+                rx_bytes: tap.tx_bytes,
+                tx_bytes: tap.rx_bytes,
+                rx_packets: tap.tx_packets,
+                tx_packets: tap.rx_packets,
+            }))
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use banger_api::{DesiredState, ImageId, PortForward, PortProto, VmId, VmName, VmState};
 use banger_core::backends::{RunningVm, VmNetwork};
 use banger_host::hostfw::{FakeHostForward, DOCKER_USER};
-use banger_host::links::{FakeLinks, LinkCall, LinkOp, Links};
+use banger_host::links::{FakeLinks, LinkCall, LinkCounters, LinkOp, Links};
 use banger_host::nft::{FakeNft, Nft, NftOp};
 use banger_net::{BridgeNetwork, NetworkSettings};
 use banger_store::records::VmRecord;
@@ -364,4 +364,24 @@ async fn a_failure_to_open_the_host_firewall_does_not_fail_the_attach() {
     let a = vm("alpha", 2);
     assert!(r.net.attach(&a).await.unwrap().is_some());
     assert!(r.nft.current("banger").is_some());
+}
+
+#[tokio::test]
+async fn nic_counters_are_the_tap_s_seen_from_the_guest() {
+    let r = rig(0);
+    let a = vm("alpha", 2);
+    let tap = r.net.attach(&a).await.unwrap().unwrap().iface.tap;
+    r.links.set_counters(
+        &tap,
+        LinkCounters {
+            rx_bytes: 100,
+            tx_bytes: 7,
+            rx_packets: 2,
+            tx_packets: 1,
+        },
+    );
+    let nic = r.net.nic_counters(&tap).await.unwrap().unwrap();
+    assert_eq!((nic.rx_bytes, nic.tx_bytes), (7, 100), "guest rx = tap tx");
+    assert_eq!((nic.rx_packets, nic.tx_packets), (1, 2));
+    assert_eq!(r.net.nic_counters("bgtmissing").await.unwrap(), None);
 }

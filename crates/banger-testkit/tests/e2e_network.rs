@@ -32,7 +32,7 @@ const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
 
 fn config(netns: &str, bridge: &str) -> String {
     format!(
-        "vmm = \"qemu\"\nboot_timeout_secs = 90\nstop_timeout_secs = 10\n\n\
+        "vmm = \"qemu\"\nboot_timeout_secs = 90\nstop_timeout_secs = 10\nstats_poll_interval_secs = 1\n\n\
          [vm_defaults]\nvcpus = 1\nmemory_mib = 256\ndisk_size_mib = 256\n\n\
          [network]\nnetns = \"{netns}\"\nbridge = \"{bridge}\"\nsubnet = \"{SUBNET}\"\n\
          domain = \"vm\"\ntap_pool_size = 2\ndns_upstream = \"127.0.0.1:{UPSTREAM_PORT}\"\n"
@@ -250,6 +250,24 @@ async fn guests_get_addresses_names_dns_and_port_forwards_and_delete_leaves_noth
     )
     .await;
     assert!(out.status.success(), "one -> two by name: {}", text(&out));
+    // The stats loop counts the guest NIC's traffic from its tap (QEMU itself reports none).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let nic = loop {
+        let stats: banger_api::VmStats = d.client.get("/v1/vms/one/stats").await.unwrap();
+        let latest = stats.latest.clone();
+        if let Some(s) = latest.filter(|s| s.net_rx_packets > 0 && s.net_tx_packets > 0) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no NIC traffic in the stats: {stats:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        nic.net_rx_bytes >= nic.net_rx_packets * 42 && nic.net_tx_bytes >= nic.net_tx_packets * 42,
+        "{nic:#?}"
+    );
     let out = sh(&agent, "nslookup example.test").await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&UPSTREAM_ANSWER.to_string()),

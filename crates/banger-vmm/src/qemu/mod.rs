@@ -478,8 +478,8 @@ impl Vmm for QemuVmm {
     }
 
     /// Block counters come from QMP `query-blockstats`. Network counters are 0: QMP has none for
-    /// a microvm's virtio-net, and the tap's own statistics live in the VMM's network namespace,
-    /// which the handles do not name (the daemon reads the tap, with rx/tx swapped).
+    /// a microvm's virtio-net; the daemon's stats loop fills them from the tap (in the VMs'
+    /// namespace, rx/tx swapped) through `VmNetwork::nic_counters`.
     async fn counters(&self, handles: &VmmHandles) -> Result<VmmCounters, VmmError> {
         let mut client = self.qmp(handles, QMP_TIMEOUT).await?;
         let block = client
