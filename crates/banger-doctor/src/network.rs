@@ -238,7 +238,7 @@ pub(crate) fn forward_firewall_check(probe: &dyn HostProbe, inputs: &DoctorInput
                 if !inputs.host_forward_accept {
                     return Check::warn(
                         NAME,
-                        "iptables FORWARD drops by default (Docker or ufw) and \
+                        "iptables FORWARD drops by default (Docker, ufw, a final REJECT) and \
                          network.host_forward_accept = false: VMs cannot reach beyond the host",
                         format!(
                             "set network.host_forward_accept = true, or add \
@@ -249,7 +249,7 @@ pub(crate) fn forward_firewall_check(probe: &dyn HostProbe, inputs: &DoctorInput
                     );
                 }
                 notes.push(format!(
-                    "iptables FORWARD drops by default (Docker or ufw); bangerd adds two accepts \
+                    "iptables FORWARD drops by default (Docker, ufw, a final REJECT); bangerd adds two accepts \
                      for {bridge} (comment banger:{bridge}) while VMs run"
                 ));
             }
@@ -288,11 +288,25 @@ pub(crate) fn forward_firewall_check(probe: &dyn HostProbe, inputs: &DoctorInput
     }
 }
 
-/// `iptables -S FORWARD` says `-P FORWARD DROP`.
+/// `iptables -S FORWARD` says `-P FORWARD DROP`, or its last rule drops or rejects everything
+/// (the same test bangerd makes; this crate does not depend on banger-host).
 fn iptables_forward_drops(listing: &str) -> bool {
-    listing
+    let lines: Vec<Vec<&str>> = listing
         .lines()
-        .any(|line| line.split_whitespace().eq(["-P", "FORWARD", "DROP"]))
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let catch_all = lines
+        .iter()
+        .rev()
+        .find(|words| words.first() == Some(&"-A"))
+        .is_some_and(|words| {
+            matches!(words.as_slice(), ["-A", "FORWARD", "-j", "DROP"])
+                || matches!(words.as_slice(), ["-A", "FORWARD", "-j", "REJECT", ..])
+        });
+    catch_all
+        || lines
+            .iter()
+            .any(|w| w.as_slice() == ["-P", "FORWARD", "DROP"])
 }
 
 /// From `nft -j list chains`: the forward-hook base chains with a drop policy, as
@@ -463,6 +477,16 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("DOCKER-USER -i banger0"));
+    }
+
+    #[test]
+    fn a_final_catch_all_reject_counts_like_a_drop_policy() {
+        assert!(iptables_forward_drops(
+            "-P FORWARD ACCEPT\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\n"
+        ));
+        assert!(!iptables_forward_drops(
+            "-P FORWARD ACCEPT\n-A FORWARD -o eth9 -j REJECT\n"
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! reserves its `DOCKER-USER` chain (jumped to first from `FORWARD`) for rules like these.
 //!
 //! [`HostForward::open`] therefore, and only when the `FORWARD` chain of the `filter` table
-//! drops by default, inserts two rules, each commented `banger:<bridge>`, at the top of
+//! drops by default (a `DROP` policy, or a last rule that drops or rejects everything), inserts two rules, each commented `banger:<bridge>`, at the top of
 //! `DOCKER-USER` when that chain exists and of `FORWARD` otherwise:
 //!
 //! ```text
@@ -83,12 +83,26 @@ pub fn accept_specs(bridge: &str) -> [Vec<String>; 2] {
     ]
 }
 
-/// Whether `iptables -S FORWARD` output says the chain drops by default.
+/// Whether `iptables -S FORWARD` output says the chain drops what nothing accepted: a `DROP`
+/// policy (Docker, ufw), or a last rule that drops or rejects everything (`-j DROP`, RHEL's
+/// `-j REJECT --reject-with icmp-host-prohibited`).
 pub fn forward_drops(listing: &str) -> bool {
-    listing.lines().any(|line| {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        words.as_slice() == ["-P", FORWARD, "DROP"]
-    })
+    let lines: Vec<Vec<&str>> = listing
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let policy_drop = lines
+        .iter()
+        .any(|words| words.as_slice() == ["-P", FORWARD, "DROP"]);
+    let last_rule = lines
+        .iter()
+        .rev()
+        .find(|words| words.first() == Some(&"-A"));
+    let catch_all = last_rule.is_some_and(|words| {
+        matches!(words.as_slice(), ["-A", FORWARD, "-j", "DROP"])
+            || matches!(words.as_slice(), ["-A", FORWARD, "-j", "REJECT", ..])
+    });
+    policy_drop || catch_all
 }
 
 /// From `iptables -S CHAIN` output, the `-D` arguments of every rule commented for `bridge`.
@@ -369,6 +383,18 @@ mod tests {
         assert!(!forward_drops("-P FORWARD ACCEPT\n"));
         assert!(!forward_drops("-P INPUT DROP\n-P FORWARD ACCEPT\n"));
         assert!(!forward_drops(""));
+        assert!(forward_drops(
+            "-P FORWARD ACCEPT\n-A FORWARD -i lo -j ACCEPT\n\
+             -A FORWARD -j REJECT --reject-with icmp-host-prohibited\n"
+        ));
+        assert!(forward_drops("-P FORWARD ACCEPT\n-A FORWARD -j DROP\n"));
+        assert!(
+            !forward_drops("-P FORWARD ACCEPT\n-A FORWARD -i eth9 -j DROP\n"),
+            "a conditional drop is not a catch-all"
+        );
+        assert!(!forward_drops(
+            "-P FORWARD ACCEPT\n-A FORWARD -j DROP\n-A FORWARD -j ACCEPT\n"
+        ));
     }
 
     #[test]

@@ -125,6 +125,34 @@ async fn without_docker_user_the_accepts_go_to_the_top_of_forward() {
 
 #[tokio::test]
 #[ignore = "needs root, netns and iptables; run with --include-ignored"]
+async fn a_final_catch_all_reject_counts_as_dropping() {
+    let ns = TestNetns::create();
+    iptables(&ns, &["-A", "FORWARD", "-i", "lo", "-j", "ACCEPT"]);
+    iptables(
+        &ns,
+        &[
+            "-A",
+            "FORWARD",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-host-prohibited",
+        ],
+    );
+    let fw = forward_in(&ns);
+    assert_eq!(
+        fw.open("br-test").await.unwrap().as_deref(),
+        Some("FORWARD")
+    );
+    let listing = iptables(&ns, &["-S", "FORWARD"]);
+    let rules: Vec<&str> = listing.lines().filter(|l| l.starts_with("-A")).collect();
+    assert!(rules[0].contains("banger:br-test") && rules[1].contains("banger:br-test"));
+    assert!(rules[3].contains("REJECT"), "{listing}");
+    assert_eq!(fw.close("br-test").await.unwrap(), 2);
+}
+
+#[tokio::test]
+#[ignore = "needs root, netns and iptables; run with --include-ignored"]
 async fn an_accepting_forward_chain_is_left_alone() {
     let ns = TestNetns::create();
     let fw = forward_in(&ns);
