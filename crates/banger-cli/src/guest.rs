@@ -44,9 +44,11 @@ use crate::{exit, exit_code_for, follow_operation, output, Failure};
 pub enum GuestCommand {
     /// Run a command in a running VM (stdin/stdout/stderr streamed; exits with its code).
     Exec(ExecArgs),
-    /// Copy a file into or out of a VM: `vm cp ./f NAME:/path` or `vm cp NAME:/path ./f`.
+    /// Copy a file or a directory tree into or out of a VM: `vm cp ./f NAME:/path` or
+    /// `vm cp NAME:/path ./f` (`docker cp` semantics: a directory lands inside an existing
+    /// destination directory, else becomes the destination).
     Cp {
-        /// Source: a local path or NAME:/absolute/path.
+        /// Source: a local path or NAME:/absolute/path (a file or a directory).
         src: String,
         /// Destination: a local path or NAME:/absolute/path (a trailing / means "into").
         dst: String,
@@ -338,9 +340,30 @@ pub async fn exec(
         tty,
         stdin: send_stdin,
     };
+    let _raw = if options.tty && stdin_is_tty {
+        RawMode::enable()
+    } else {
+        None
+    };
+    let stdin = send_stdin.then(stdin_reader);
+    let interrupt_locally = !options.tty || !stdin_is_tty;
+    exec_with(client, name, &start, stdin, write_out, interrupt_locally).await
+}
+
+/// The exec session behind [`exec`] and `vm cp` of directories: sends `start`, forwards `stdin`
+/// chunks (`None`: end of file), hands every stdout/stderr chunk to `write`, and returns the
+/// shell-style exit status. With `interrupt_locally`, Ctrl-C here is forwarded as SIGINT.
+async fn exec_with(
+    client: &Client,
+    name: &str,
+    start: &ExecStart,
+    mut stdin: Option<mpsc::Receiver<Option<Vec<u8>>>>,
+    mut write: impl FnMut(u8, &[u8]) -> std::io::Result<()>,
+    interrupt_locally: bool,
+) -> Result<i32, Failure> {
     let ws = websocket(client, &vm_route(name, "/exec")).await?;
     let (mut sink, mut incoming) = ws.split();
-    let text = serde_json::to_string(&start)
+    let text = serde_json::to_string(start)
         .map_err(|e| fail(exit::FAILED, format!("error: encoding the request: {e}")))?;
     sink.send(Message::text(text)).await.map_err(|e| {
         fail(
@@ -349,17 +372,7 @@ pub async fn exec(
         )
     })?;
 
-    let _raw = if options.tty && stdin_is_tty {
-        RawMode::enable()
-    } else {
-        None
-    };
-    let mut stdin = if send_stdin {
-        Some(stdin_reader())
-    } else {
-        None
-    };
-    let mut winch = if options.tty {
+    let mut winch = if start.tty.is_some() {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok()
     } else {
         None
@@ -383,7 +396,7 @@ pub async fn exec(
                     Message::Binary(data) => {
                         if let Some((&stream, rest)) = data.split_first() {
                             if stream == STREAM_STDOUT || stream == STREAM_STDERR {
-                                if let Err(err) = write_out(stream, rest) {
+                                if let Err(err) = write(stream, rest) {
                                     if err.kind() == std::io::ErrorKind::BrokenPipe {
                                         return Ok(141); // like a shell pipeline: 128 + SIGPIPE
                                     }
@@ -420,7 +433,7 @@ pub async fn exec(
                     }
                 }
             }
-            _ = tokio::signal::ctrl_c(), if !options.tty || !stdin_is_tty => {
+            _ = tokio::signal::ctrl_c(), if interrupt_locally => {
                 let _ = send_control(&mut sink, ExecControl::Signal { signal: libc::SIGINT }).await;
             }
             _ = async { match winch.as_mut() { Some(w) => { w.recv().await; } None => std::future::pending().await } } => {
@@ -475,6 +488,9 @@ fn file_name_of(path: &str) -> Option<&str> {
 
 async fn copy(client: &Client, src: &str, dst: &str) -> Result<(), Failure> {
     match (parse_copy_end(src), parse_copy_end(dst)) {
+        (CopyEnd::Local(local), CopyEnd::Remote { vm, path }) if local.is_dir() => {
+            upload_dir(client, &local, &vm, &path).await
+        }
         (CopyEnd::Local(local), CopyEnd::Remote { vm, path }) => {
             upload(client, &local, &vm, &path).await.map(|_| ())
         }
@@ -633,6 +649,15 @@ pub async fn download(client: &Client, vm: &str, path: &str, local: &Path) -> Re
             format!("error: downloading from bangerd: {e}"),
         )
     })?;
+    if response.status() == StatusCode::BAD_REQUEST {
+        // Not a regular file: perhaps a directory, which comes as a tar stream over exec. If it
+        // is not one either, the file API's own error stands.
+        let refused = error_body(response).await;
+        return match download_dir(client, vm, path, local).await? {
+            DirCopy::Done => Ok(()),
+            DirCopy::NotADirectory => Err(refused),
+        };
+    }
     if response.status() != StatusCode::OK {
         return Err(error_body(response).await);
     }
@@ -688,6 +713,216 @@ pub async fn download(client: &Client, vm: &str, path: &str, local: &Path) -> Re
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+// ---------------------------------------------------------------------------------------------
+// cp of directories: a tar stream through an exec of the guest's own `tar`
+
+/// The exit status the remote side of [`download_dir`] uses for "not a directory".
+const NOT_A_DIRECTORY: i32 = 86;
+
+/// How a directory download ended.
+enum DirCopy {
+    Done,
+    NotADirectory,
+}
+
+/// A `Write` feeding an exec's stdin channel (from a plain thread).
+struct ChannelWriter(mpsc::Sender<Option<Vec<u8>>>);
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Some(buf.to_vec()))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the exec ended"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A `Read` over chunks an exec's stdout handed over (on a plain thread).
+struct ChannelReader {
+    chunks: mpsc::UnboundedReceiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => {
+                    self.current = chunk;
+                    self.at = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+fn shell(script: &str, args: &[&str]) -> ExecStart {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        script.to_string(),
+        "sh".to_string(),
+    ];
+    argv.extend(args.iter().map(|a| (*a).to_string()));
+    ExecStart {
+        argv,
+        env: BTreeMap::new(),
+        cwd: None,
+        tty: None,
+        stdin: false,
+    }
+}
+
+fn base_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dir".into())
+}
+
+/// Copies local directory `local` to `target` in VM `vm`, like `docker cp`: into `target/NAME`
+/// when `target` is an existing directory or ends with `/`, else to `target` itself (created).
+/// Modes, mtimes and symlinks are kept; files belong to the exec user in the guest.
+async fn upload_dir(client: &Client, local: &Path, vm: &str, target: &str) -> Result<(), Failure> {
+    let (tx, rx) = mpsc::channel(8);
+    let root = local.to_path_buf();
+    let packer = std::thread::spawn(move || -> std::io::Result<()> {
+        let writer = std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter(tx.clone()));
+        let mut builder = tar::Builder::new(writer);
+        builder.follow_symlinks(false);
+        builder.append_dir_all(".", &root)?;
+        builder.into_inner()?.flush()?;
+        let _ = tx.blocking_send(None);
+        Ok(())
+    });
+    let script = r#"case "$1" in */) d="$1$2" ;; *) if [ -d "$1" ]; then d="$1/$2"; else d="$1"; fi ;; esac
+mkdir -p -- "$d" && exec tar -x -o -f - -C "$d""#;
+    let mut start = shell(script, &[target, &base_name(local)]);
+    start.stdin = true;
+    let mut stderr = Vec::new();
+    let status = exec_with(
+        client,
+        vm,
+        &start,
+        Some(rx),
+        |stream, data| {
+            if stream == STREAM_STDERR {
+                stderr.extend_from_slice(data);
+            }
+            Ok(())
+        },
+        true,
+    )
+    .await?;
+    let packed = packer
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the tar writer panicked")));
+    if let Err(err) = packed {
+        return Err(fail(
+            exit::FAILED,
+            format!("error: reading {}: {err}", local.display()),
+        ));
+    }
+    if status != 0 {
+        return Err(fail(
+            exit::FAILED,
+            format!(
+                "error: unpacking into {vm}:{target} failed (status {status}): {}",
+                String::from_utf8_lossy(&stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Copies directory `path` of VM `vm` to `local`, like `docker cp`: into `local/NAME` when
+/// `local` is an existing directory, else to `local` itself (created).
+async fn download_dir(
+    client: &Client,
+    vm: &str,
+    path: &str,
+    local: &Path,
+) -> Result<DirCopy, Failure> {
+    let target = if local.is_dir() {
+        local.join(file_name_of(path).unwrap_or("dir"))
+    } else {
+        local.to_path_buf()
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let dest = target.clone();
+    let unpacker = std::thread::spawn(move || -> std::io::Result<bool> {
+        let mut reader = ChannelReader {
+            chunks: rx,
+            current: Vec::new(),
+            at: 0,
+        };
+        // Nothing at all on stdout: the remote side refused (not a directory); create nothing.
+        let mut first = [0u8; 1];
+        if reader.read(&mut first)? == 0 {
+            return Ok(false);
+        }
+        let chained = std::io::Cursor::new(first.to_vec()).chain(reader);
+        std::fs::create_dir_all(&dest)?;
+        let mut archive = tar::Archive::new(chained);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_mtime(true);
+        archive.set_overwrite(true);
+        archive.unpack(&dest)?;
+        Ok(true)
+    });
+    let script = format!(r#"cd -- "$1" 2>/dev/null || exit {NOT_A_DIRECTORY}; exec tar -c -f - ."#);
+    let mut stderr = Vec::new();
+    let status = exec_with(
+        client,
+        vm,
+        &shell(&script, &[path]),
+        None,
+        |stream, data| {
+            if stream == STREAM_STDERR {
+                stderr.extend_from_slice(data);
+                return Ok(());
+            }
+            tx.send(data.to_vec())
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "unpacker ended"))
+        },
+        true,
+    )
+    .await;
+    drop(tx);
+    let unpacked = unpacker
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the tar reader panicked")));
+    let status = status?;
+    if status == NOT_A_DIRECTORY {
+        return Ok(DirCopy::NotADirectory);
+    }
+    if let Err(err) = unpacked {
+        return Err(fail(
+            exit::FAILED,
+            format!("error: unpacking into {}: {err}", target.display()),
+        ));
+    }
+    if status != 0 {
+        return Err(fail(
+            exit::FAILED,
+            format!(
+                "error: packing {vm}:{path} failed (status {status}): {}",
+                String::from_utf8_lossy(&stderr).trim()
+            ),
+        ));
+    }
+    Ok(DirCopy::Done)
 }
 
 // ---------------------------------------------------------------------------------------------

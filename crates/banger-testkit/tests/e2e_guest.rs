@@ -1,5 +1,5 @@
 //! End to end through the `banger` CLI binary with real guests: exec (stdin, >10 MB stdout,
-//! stderr, exit codes, TTY), cp of 50 MB both ways, `vm run --rm`, and `vm ssh` through the
+//! stderr, exit codes, TTY), cp of 50 MB both ways and of a directory tree both ways, `vm run --rm`, and `vm ssh` through the
 //! system OpenSSH and the agent's port pipe (including a wrong host key being refused).
 //!
 //! The daemon is the real one in-process ([`RealDaemon`], QEMU under TCG, no guest NIC); the CLI
@@ -256,6 +256,146 @@ async fn exec_streams_stdio_and_exit_codes_and_cp_moves_50_mb_both_ways() {
         "{}",
         text(&out.stderr)
     );
+
+    // cp of a directory tree, both ways (tar through the guest's tar), like `docker cp`.
+    let tree = p.join("tree");
+    std::fs::create_dir_all(tree.join("sub/deep")).unwrap();
+    std::fs::write(tree.join("a.txt"), "alpha\n").unwrap();
+    std::fs::write(tree.join("sub/b.sh"), "#!/bin/sh\necho b\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/b.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    random_file(&tree.join("sub/deep/c.bin"), 1024 * 1024, 0o600);
+    std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
+    let touched = Command::new("touch")
+        .args(["-d", "2020-02-02 02:02:02"])
+        .arg(tree.join("a.txt"))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let out = banger(
+        p,
+        &["vm", "cp", tree.to_str().unwrap(), "box:/root/proj"],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = banger(
+        p,
+        &[
+            "vm",
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "cd /root/proj && find . | sort && stat -c '%a %n' sub/b.sh sub/deep/c.bin && \
+             readlink link && sha256sum sub/deep/c.bin && date -u -r a.txt +%F",
+        ],
+        None,
+    )
+    .await;
+    let listing = text(&out.stdout);
+    for expected in [
+        "./a.txt\n",
+        "./link\n",
+        "./sub/b.sh\n",
+        "./sub/deep/c.bin\n",
+        "755 sub/b.sh\n",
+        "600 sub/deep/c.bin\n",
+        "a.txt\n",
+        "2020-02-02\n",
+    ] {
+        assert!(listing.contains(expected), "{expected:?} in {listing}");
+    }
+    assert!(
+        listing.contains(&sha256(&tree.join("sub/deep/c.bin"))),
+        "{listing}"
+    );
+    // Into an existing directory: it lands under its own name.
+    let out = banger(
+        p,
+        &["vm", "cp", tree.to_str().unwrap(), "box:/root/proj"],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = banger(
+        p,
+        &["vm", "exec", "box", "--", "cat", "/root/proj/tree/a.txt"],
+        None,
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "alpha\n");
+
+    let down = p.join("down");
+    let out = banger(
+        p,
+        &["vm", "cp", "box:/root/proj", down.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(down.join("a.txt")).unwrap(),
+        "alpha\n"
+    );
+    assert_eq!(
+        std::fs::read_link(down.join("link")).unwrap(),
+        std::path::PathBuf::from("a.txt")
+    );
+    assert_eq!(
+        std::fs::metadata(down.join("sub/b.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        sha256(&down.join("sub/deep/c.bin")),
+        sha256(&tree.join("sub/deep/c.bin"))
+    );
+    assert_eq!(
+        std::fs::metadata(down.join("a.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        std::fs::metadata(tree.join("a.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        "mtime kept both ways"
+    );
+    assert!(down.join("tree/a.txt").exists(), "the nested copy came too");
+    let out = banger(
+        p,
+        &["vm", "cp", "box:/root/proj", down.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        down.join("proj/sub/deep/c.bin").exists(),
+        "into an existing dir"
+    );
+    // Neither a file nor a directory: the file API's error, and nothing created here.
+    let nowhere = p.join("nowhere");
+    let out = banger(
+        p,
+        &["vm", "cp", "box:/dev/null", nowhere.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!nowhere.exists());
 
     d.expect_ok(&d.delete("/v1/vms/box?force=true").await).await;
     d.stop().await;
