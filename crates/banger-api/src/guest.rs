@@ -62,6 +62,10 @@ pub struct ExecStart {
     /// Whether the client sends stdin; when false the process reads /dev/null.
     #[serde(default)]
     pub stdin: bool,
+    /// Kill the process group (SIGKILL) after this many seconds; the `exit` event then says
+    /// `timed_out`. Absent: no limit.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// Control messages (Text, JSON) a client sends during an exec.
@@ -99,6 +103,9 @@ pub enum ExecEvent {
         code: Option<i32>,
         /// Signal number when a signal killed it.
         signal: Option<i32>,
+        /// Whether it was killed because `timeout_secs` passed.
+        #[serde(default)]
+        timed_out: bool,
     },
     /// The exec failed (could not start, agent lost). Last message.
     Error {

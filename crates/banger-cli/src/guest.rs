@@ -85,6 +85,9 @@ pub struct ExecOptions {
     /// Working directory in the guest.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Kill the command after this many seconds (exit status 124, like `timeout`).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
 }
 
 /// `banger vm exec` arguments.
@@ -339,6 +342,7 @@ pub async fn exec(
         cwd: options.workdir.clone(),
         tty,
         stdin: send_stdin,
+        timeout_secs: options.timeout,
     };
     let _raw = if options.tty && stdin_is_tty {
         RawMode::enable()
@@ -407,7 +411,12 @@ async fn exec_with(
                     }
                     Message::Text(text) => match serde_json::from_str::<ExecEvent>(&text) {
                         Ok(ExecEvent::Started { .. }) => {}
-                        Ok(ExecEvent::Exit { code, signal }) => {
+                        Ok(ExecEvent::Exit { timed_out: true, .. }) => {
+                            let secs = start.timeout_secs.unwrap_or_default();
+                            let _ = write(STREAM_STDERR, format!("banger: timed out after {secs} s\n").as_bytes());
+                            return Ok(TIMED_OUT);
+                        }
+                        Ok(ExecEvent::Exit { code, signal, .. }) => {
                             return Ok(ExecEvent::shell_status(code, signal));
                         }
                         Ok(ExecEvent::Error { error }) => return Err(api_failure(&error)),
@@ -718,6 +727,9 @@ pub async fn download(client: &Client, vm: &str, path: &str, local: &Path) -> Re
 // ---------------------------------------------------------------------------------------------
 // cp of directories: a tar stream through an exec of the guest's own `tar`
 
+/// The exit status of a command killed by `--timeout` (what coreutils' `timeout` uses).
+pub const TIMED_OUT: i32 = 124;
+
 /// The exit status the remote side of [`download_dir`] uses for "not a directory".
 const NOT_A_DIRECTORY: i32 = 86;
 
@@ -782,6 +794,7 @@ fn shell(script: &str, args: &[&str]) -> ExecStart {
         cwd: None,
         tty: None,
         stdin: false,
+        timeout_secs: None,
     }
 }
 

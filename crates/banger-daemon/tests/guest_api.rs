@@ -228,7 +228,7 @@ async fn exec_over_the_websocket_streams_stdio_and_the_exit_status() {
                 other => panic!("stream {other}"),
             },
             Message::Text(text) => {
-                if let ExecEvent::Exit { code, signal } = serde_json::from_str(&text).unwrap() {
+                if let ExecEvent::Exit { code, signal, .. } = serde_json::from_str(&text).unwrap() {
                     exit = Some((code, signal));
                 }
             }
@@ -272,6 +272,42 @@ async fn exec_of_a_missing_program_exits_127_with_a_message() {
     }
     assert_eq!(exit, Some(127));
     assert!(String::from_utf8_lossy(&stderr).contains("/no/such/program"));
+}
+
+#[tokio::test]
+async fn exec_with_a_timeout_is_killed_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(dir.path()).await;
+    d.add_image("base", vec![]);
+    let vm = running(&d, "live").await;
+    let _agent = serve_agent(&d, &vm, dir.path());
+    let mut ws = websocket(&d, "/v1/vms/live/exec").await.unwrap();
+    let start = ExecStart {
+        argv: vec!["sleep".into(), "30".into()],
+        timeout_secs: Some(1),
+        ..ExecStart::default()
+    };
+    let started = std::time::Instant::now();
+    ws.send(Message::text(serde_json::to_string(&start).unwrap()))
+        .await
+        .unwrap();
+    let mut exit = None;
+    while let Some(Ok(msg)) = ws.next().await {
+        if let Message::Text(text) = msg {
+            if let event @ ExecEvent::Exit { .. } = serde_json::from_str(&text).unwrap() {
+                exit = Some(event);
+            }
+        }
+    }
+    assert_eq!(
+        exit,
+        Some(ExecEvent::Exit {
+            code: None,
+            signal: Some(9),
+            timed_out: true
+        })
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
 #[tokio::test]

@@ -257,6 +257,22 @@ async fn exec_streams_stdio_and_exit_codes_and_cp_moves_50_mb_both_ways() {
         text(&out.stderr)
     );
 
+    // --timeout: killed, status 124 like coreutils' timeout, and a line saying why.
+    let started = Instant::now();
+    let out = banger(
+        p,
+        &["vm", "exec", "box", "--timeout", "1", "--", "sleep", "30"],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("timed out after 1 s"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(25));
+
     // cp of a directory tree, both ways (tar through the guest's tar), like `docker cp`.
     let tree = p.join("tree");
     std::fs::create_dir_all(tree.join("sub/deep")).unwrap();

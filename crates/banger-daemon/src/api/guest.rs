@@ -370,7 +370,7 @@ async fn exec_session(socket: WebSocket, agent: AgentClient) {
             rows: t.rows,
             cols: t.cols,
         }),
-        timeout_ms: None,
+        timeout_ms: start.timeout_secs.map(|secs| secs.saturating_mul(1000)),
     };
     let session = match agent.exec(req).await {
         Ok(session) => session,
@@ -392,6 +392,7 @@ async fn exec_session(socket: WebSocket, agent: AgentClient) {
                         &ExecEvent::Exit {
                             code: Some(status),
                             signal: None,
+                            timed_out: false,
                         },
                     )
                     .await;
@@ -468,6 +469,7 @@ async fn exec_session(socket: WebSocket, agent: AgentClient) {
                         &ExecEvent::Exit {
                             code: status.code,
                             signal: status.signal,
+                            timed_out: status.timed_out,
                         },
                     )
                     .await;
