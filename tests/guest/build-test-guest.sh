@@ -160,7 +160,7 @@ done
 
 # --- OpenSSH ---------------------------------------------------------------------------------
 # sshd listens on 127.0.0.1:22 only; the host reaches it through the agent's Connect pipe
-# (`banger vm ssh`), so it needs no NIC. Host keys are made at boot by init.sh (ssh-keygen -A).
+# (`banger vm ssh`), so it needs no NIC. Host keys are made at boot by init.sh (ed25519 only).
 install_openssh() { # tree root
     local dest=$1 bin lib
     for bin in "$sshd_bin" "$keygen_bin"; do

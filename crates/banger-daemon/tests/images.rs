@@ -85,6 +85,9 @@ async fn register_refuses_every_bad_artifact_naming_the_field_and_records_nothin
     };
     let cases = [
         (with("name", json!("Not A Name")), "name"),
+        // Route names: GET/DELETE /v1/images/bootstrap could never reach such an image.
+        (with("name", json!("bootstrap")), "name"),
+        (with("name", json!("build")), "name"),
         (with("kernel", json!(s(&missing))), "kernel"),
         (with("kernel", json!("relative/vmlinuz")), "kernel"),
         (with("kernel", json!(s(&a.junk))), "kernel"),
@@ -347,6 +350,10 @@ async fn build_input_errors_name_the_field() {
             "name",
         ),
         (json!({"from": "base", "name": "x"}), "script"),
+        (
+            json!({"from": "base", "name": "build", "script": "true"}),
+            "name",
+        ),
         (
             json!({"from": "base", "name": "x", "packages": ["a;b"]}),
             "packages",

@@ -106,7 +106,7 @@ impl Manager {
             }
             other => other,
         })?;
-        let name = VmName::parse(&req.name).map_err(|e| invalid("name", e.to_string()))?;
+        let name = super::parse_image_name("name", &req.name)?;
         super::bootstrap::check_packages("packages", &req.packages)?;
         let script = req.script.clone().filter(|s| !s.trim().is_empty());
         if script.is_none() && req.packages.is_empty() {

@@ -571,7 +571,7 @@ impl Manager {
 
     /// Validates a new image name: a DNS label no image has.
     fn new_image_name(&self, field: &'static str, text: &str) -> Result<VmName, CoreError> {
-        let name = VmName::parse(text).map_err(|e| invalid(field, e.to_string()))?;
+        let name = parse_image_name(field, text)?;
         if self.store().get_image_by_name(name.as_str())?.is_some() {
             return Err(CoreError::Conflict(format!(
                 "an image named {name} already exists"
@@ -707,6 +707,22 @@ impl Manager {
             }
         }
     }
+}
+
+/// Names an image cannot have: the API's own routes under `/v1/images/` (`POST
+/// /v1/images/bootstrap`, `POST /v1/images/build`) would shadow it.
+pub const RESERVED_IMAGE_NAMES: &[&str] = &["bootstrap", "build"];
+
+/// Parses an image name: a DNS label that is not one of [`RESERVED_IMAGE_NAMES`].
+pub(crate) fn parse_image_name(field: &'static str, text: &str) -> Result<VmName, CoreError> {
+    let name = VmName::parse(text).map_err(|e| invalid(field, e.to_string()))?;
+    if RESERVED_IMAGE_NAMES.contains(&name.as_str()) {
+        return Err(invalid(
+            field,
+            format!("`{name}` is reserved (it names an API route); choose another name"),
+        ));
+    }
+    Ok(name)
 }
 
 #[cfg(test)]
