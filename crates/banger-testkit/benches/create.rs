@@ -4,8 +4,9 @@
 //!
 //! Reported: p50/p95 of create-to-ready, per-stage p50, the guest's own boot time (its uptime
 //! when the agent first answered), banger's overhead = create-to-ready − guest boot, and the
-//! bare-VMM boot for comparison. Environment: BANGER_BENCH_RUNS (default 10),
-//! BANGER_BENCH_VMM (qemu | firecracker; default qemu), plus testkit's BANGER_TEST_CACHE.
+//! bare-VMM boot for comparison, then BANGER_BENCH_PARALLEL (default 4; 0 skips) creates at once.
+//! Environment: BANGER_BENCH_RUNS (default 10), BANGER_BENCH_VMM (qemu | firecracker; default
+//! qemu), plus testkit's BANGER_TEST_CACHE.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -145,6 +146,40 @@ async fn main() {
         let del = d.delete(&format!("/v1/vms/{name}?force=true")).await;
         d.expect_ok(&del).await;
     }
+
+    // N creates at once: wall time until every VM is running, and each one's create -> ready.
+    let parallel: usize = std::env::var("BANGER_BENCH_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let mut parallel_ms = Vec::new();
+    let mut parallel_wall = Duration::ZERO;
+    if parallel > 0 {
+        let started = Instant::now();
+        let creates = (0..parallel).map(|i| {
+            let client = d.client.clone();
+            async move {
+                let began = Instant::now();
+                let op: banger_api::Operation = client
+                    .call(
+                        Method::POST,
+                        "/v1/vms",
+                        Some(&json!({"name": format!("par-{i}"), "image": "bench"})),
+                    )
+                    .await
+                    .unwrap();
+                let done = client.follow(op.id, |_| {}).await.unwrap();
+                assert_eq!(done.status, OperationStatus::Succeeded, "{done:#?}");
+                began.elapsed().as_secs_f64() * 1000.0
+            }
+        });
+        parallel_ms = futures::future::join_all(creates).await;
+        parallel_wall = started.elapsed();
+        for i in 0..parallel {
+            let del = d.delete(&format!("/v1/vms/par-{i}?force=true")).await;
+            d.expect_ok(&del).await;
+        }
+    }
     d.stop().await;
 
     let bare = if vmm == "qemu" {
@@ -169,6 +204,14 @@ async fn main() {
     for (stage, values) in stages {
         let (a, b) = summary(values);
         println!("    {stage:<9} {a:8.1} / {b:8.1}");
+    }
+    if !parallel_ms.is_empty() {
+        let (p50, p95) = summary(parallel_ms.clone());
+        println!(
+            "  {} creates at once: all running after {:.1} ms; each create -> ready p50 {p50:7.1} ms  p95 {p95:7.1} ms",
+            parallel_ms.len(),
+            parallel_wall.as_secs_f64() * 1000.0
+        );
     }
     if !bare.is_empty() {
         let (b50, b95) = summary(bare.iter().map(|(t, _)| *t).collect());
