@@ -105,6 +105,8 @@ async fn main() {
         guest.vmlinuz.clone()
     };
     d.add_test_image("bench", &kernel, vec![]);
+    // The same guest with sshd's port as a readiness port: create -> SSH-ready.
+    d.add_test_image("bench-ssh", &kernel, vec![22]);
 
     let mut totals = Vec::new();
     let mut overheads = Vec::new();
@@ -143,6 +145,31 @@ async fn main() {
         totals.push(total);
         guest_boots.push(uptime);
         overheads.push(total - uptime);
+        let del = d.delete(&format!("/v1/vms/{name}?force=true")).await;
+        d.expect_ok(&del).await;
+    }
+
+    // Create -> SSH-ready: the `services` stage waits (through the agent) for sshd on port 22.
+    let mut ssh_ready = Vec::new();
+    let mut services = Vec::new();
+    for i in 0..runs {
+        let name = format!("ssh-{i}");
+        let started = Instant::now();
+        let op: banger_api::Operation = d
+            .client
+            .call(
+                Method::POST,
+                "/v1/vms",
+                Some(&json!({"name": name, "image": "bench-ssh"})),
+            )
+            .await
+            .unwrap();
+        let done = d.wait(&op).await;
+        assert_eq!(done.status, OperationStatus::Succeeded, "{done:#?}");
+        ssh_ready.push(started.elapsed().as_secs_f64() * 1000.0);
+        if let Some(stage) = done.stages.iter().find(|s| s.name == "services") {
+            services.push(stage.duration_ms.unwrap_or(0) as f64);
+        }
         let del = d.delete(&format!("/v1/vms/{name}?force=true")).await;
         d.expect_ok(&del).await;
     }
@@ -204,6 +231,11 @@ async fn main() {
     for (stage, values) in stages {
         let (a, b) = summary(values);
         println!("    {stage:<9} {a:8.1} / {b:8.1}");
+    }
+    if !ssh_ready.is_empty() {
+        let (s50, s95) = summary(ssh_ready);
+        let (v50, v95) = summary(services);
+        println!("  create -> SSH-ready (sshd on :22)       p50 {s50:7.1} ms  p95 {s95:7.1} ms  (stage services p50 {v50:.1} / p95 {v95:.1} ms)");
     }
     if !parallel_ms.is_empty() {
         let (p50, p95) = summary(parallel_ms.clone());
