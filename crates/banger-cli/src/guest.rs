@@ -658,7 +658,7 @@ pub async fn download(client: &Client, vm: &str, path: &str, local: &Path) -> Re
             format!("error: downloading from bangerd: {e}"),
         )
     })?;
-    if response.status() == StatusCode::BAD_REQUEST {
+    if response.status() == StatusCode::BAD_REQUEST && path.starts_with('/') {
         // Not a regular file: perhaps a directory, which comes as a tar stream over exec. If it
         // is not one either, the file API's own error stands.
         let refused = error_body(response).await;
@@ -808,6 +808,12 @@ fn base_name(path: &Path) -> String {
 /// when `target` is an existing directory or ends with `/`, else to `target` itself (created).
 /// Modes, mtimes and symlinks are kept; files belong to the exec user in the guest.
 async fn upload_dir(client: &Client, local: &Path, vm: &str, target: &str) -> Result<(), Failure> {
+    if !target.starts_with('/') {
+        return Err(fail(
+            exit::USAGE,
+            format!("error: the path in the VM must be absolute, not {target:?}"),
+        ));
+    }
     let (tx, rx) = mpsc::channel(8);
     let root = local.to_path_buf();
     let packer = std::thread::spawn(move || -> std::io::Result<()> {
@@ -841,12 +847,7 @@ mkdir -p -- "$d" && exec tar -x -o -f - -C "$d""#;
     let packed = packer
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the tar writer panicked")));
-    if let Err(err) = packed {
-        return Err(fail(
-            exit::FAILED,
-            format!("error: reading {}: {err}", local.display()),
-        ));
-    }
+    // The guest's failure first: when its tar stops early, the packer only sees a broken pipe.
     if status != 0 {
         return Err(fail(
             exit::FAILED,
@@ -854,6 +855,12 @@ mkdir -p -- "$d" && exec tar -x -o -f - -C "$d""#;
                 "error: unpacking into {vm}:{target} failed (status {status}): {}",
                 String::from_utf8_lossy(&stderr).trim()
             ),
+        ));
+    }
+    if let Err(err) = packed {
+        return Err(fail(
+            exit::FAILED,
+            format!("error: reading {}: {err}", local.display()),
         ));
     }
     Ok(())
@@ -888,10 +895,14 @@ async fn download_dir(
         let chained = std::io::Cursor::new(first.to_vec()).chain(reader);
         std::fs::create_dir_all(&dest)?;
         let mut archive = tar::Archive::new(chained);
-        archive.set_preserve_permissions(true);
+        // Permission bits are kept, but not setuid/setgid/sticky: the guest's files must not
+        // become privileged programs here (tar's default).
         archive.set_preserve_mtime(true);
         archive.set_overwrite(true);
         archive.unpack(&dest)?;
+        // tar stops reading at the first end-of-archive block; take the padding after it too, so
+        // the exec never writes into a closed pipe.
+        std::io::copy(&mut archive.into_inner(), &mut std::io::sink())?;
         Ok(true)
     });
     let script = format!(r#"cd -- "$1" 2>/dev/null || exit {NOT_A_DIRECTORY}; exec tar -c -f - ."#);

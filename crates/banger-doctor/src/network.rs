@@ -214,8 +214,6 @@ pub(crate) fn subnet_check(probe: &dyn HostProbe, inputs: &DoctorInputs) -> Chec
     )
 }
 
-/// A network with `subnet`'s prefix length in 10.200.0.0–10.254.255.255 that no non-default
-/// route overlaps, for the fix hint; `None` for prefixes shorter than /16.
 /// A forward chain that drops by default cuts VMs off from everything beyond the host: an
 /// accept in banger's table does not override a drop in another table. iptables' `FORWARD`
 /// (Docker, ufw) is opened by bangerd when `network.host_forward_accept` is on; native nftables
@@ -227,7 +225,8 @@ pub(crate) fn forward_firewall_check(probe: &dyn HostProbe, inputs: &DoctorInput
         return Check::pass(
             NAME,
             format!(
-                "VMs are forwarded inside netns {netns}; this namespace's FORWARD chain is not on their path"
+                "VMs are forwarded inside netns {netns} (bangerd opens a dropping FORWARD there); \
+                 this namespace's FORWARD matters only if you route that namespace through it"
             ),
         );
     }
@@ -264,7 +263,7 @@ pub(crate) fn forward_firewall_check(probe: &dyn HostProbe, inputs: &DoctorInput
         }
     }
     if let Some(nft) = probe.find_in_path("nft") {
-        if let Ok(listing) = probe.command_output(&nft, &["-j", "list", "chains"]) {
+        if let Ok(listing) = probe.command_output(&nft, &["-j", "list", "ruleset"]) {
             let dropping = dropping_forward_chains(&listing);
             if !dropping.is_empty() {
                 return Check::warn(
@@ -309,9 +308,10 @@ fn iptables_forward_drops(listing: &str) -> bool {
             .any(|w| w.as_slice() == ["-P", "FORWARD", "DROP"])
 }
 
-/// From `nft -j list chains`: the forward-hook base chains with a drop policy, as
-/// `FAMILY TABLE CHAIN`, except iptables-nft's own `ip filter FORWARD` (read through iptables)
-/// and banger's table.
+/// From `nft -j list ruleset`: the forward-hook base chains that drop what nothing accepted —
+/// a drop policy, or a last rule that drops or rejects unconditionally (firewalld ends its
+/// `filter_FORWARD` with `reject`) — as `FAMILY TABLE CHAIN`, except iptables-nft's own
+/// `ip filter FORWARD` (read through iptables) and banger's table.
 fn dropping_forward_chains(listing: &str) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct Listing {
@@ -320,23 +320,53 @@ fn dropping_forward_chains(listing: &str) -> Vec<String> {
     let Ok(listing) = serde_json::from_str::<Listing>(listing) else {
         return Vec::new();
     };
+    let key = |item: &serde_json::Value| {
+        (
+            item["family"].as_str().unwrap_or("").to_string(),
+            item["table"].as_str().unwrap_or("").to_string(),
+            item["name"]
+                .as_str()
+                .or(item["chain"].as_str())
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    // The last rule of each chain, in listing order.
+    let mut last_rule = std::collections::HashMap::new();
+    for rule in listing.nftables.iter().filter_map(|item| item.get("rule")) {
+        last_rule.insert(key(rule), rule.clone());
+    }
+    let catch_all = |rule: &serde_json::Value| {
+        let Some(expr) = rule["expr"].as_array() else {
+            return false;
+        };
+        let verdict = expr.iter().all(|e| {
+            e.get("counter").is_some() || e.get("drop").is_some() || e.get("reject").is_some()
+        });
+        verdict
+            && expr
+                .iter()
+                .any(|e| e.get("drop").is_some() || e.get("reject").is_some())
+    };
     listing
         .nftables
         .iter()
         .filter_map(|item| item.get("chain"))
-        .filter(|chain| chain["hook"] == "forward" && chain["policy"] == "drop")
+        .filter(|chain| chain["hook"] == "forward")
+        .filter(|chain| {
+            chain["policy"] == "drop" || last_rule.get(&key(chain)).is_some_and(catch_all)
+        })
         .filter_map(|chain| {
-            let (family, table, name) = (
-                chain["family"].as_str()?,
-                chain["table"].as_str()?,
-                chain["name"].as_str()?,
-            );
-            let iptables = matches!(family, "ip" | "ip6") && table == "filter" && name == "FORWARD";
+            let (family, table, name) = key(chain);
+            let iptables =
+                matches!(family.as_str(), "ip" | "ip6") && table == "filter" && name == "FORWARD";
             (!iptables && table != "banger").then(|| format!("{family} {table} {name}"))
         })
         .collect()
 }
 
+/// A network with `subnet`'s prefix length in 10.200.0.0–10.254.255.255 that no non-default
+/// route overlaps, for the fix hint; `None` for prefixes shorter than /16.
 fn free_subnet_like(subnet: Ipv4Net, routes: &[Route]) -> Option<Ipv4Net> {
     if subnet.prefix() < 16 {
         return None;
@@ -457,7 +487,7 @@ mod tests {
             .with_binary("iptables", IPTABLES, "iptables v1.8.9 (nf_tables)")
             .with_binary("nft", NFT, "nftables v1.0.6")
             .with_output(IPTABLES, &["-w", "-S", "FORWARD"], Ok(forward.into()))
-            .with_output(NFT, &["-j", "list", "chains"], Ok(chains.into()))
+            .with_output(NFT, &["-j", "list", "ruleset"], Ok(chains.into()))
     }
 
     const NO_CHAINS: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}]}"#;
@@ -493,7 +523,11 @@ mod tests {
     fn a_native_nft_chain_that_drops_is_named() {
         let chains = r#"{"nftables": [
             {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "hook": "forward", "prio": 0, "policy": "drop"}},
-            {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD", "hook": "forward", "prio": 10, "policy": "drop"}},
+            {"chain": {"family": "inet", "table": "firewalld", "name": "filter_FORWARD", "hook": "forward", "prio": 10, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "firewalld", "chain": "filter_FORWARD", "expr": [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}},
+            {"rule": {"family": "inet", "table": "firewalld", "chain": "filter_FORWARD", "expr": [{"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]}},
+            {"chain": {"family": "inet", "table": "quiet", "name": "forward", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "quiet", "chain": "forward", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth9"}}, {"drop": null}]}},
             {"chain": {"family": "inet", "table": "banger", "name": "forward", "hook": "forward", "prio": -1, "policy": "accept"}},
             {"chain": {"family": "inet", "table": "mine", "name": "input", "hook": "input", "prio": 0, "policy": "drop"}}
         ]}"#;
@@ -512,6 +546,10 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("iifname banger0 accept"));
+        assert!(
+            !check.summary.contains("quiet"),
+            "a conditional drop is not a catch-all: {check:?}"
+        );
     }
 
     #[test]

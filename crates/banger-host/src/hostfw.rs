@@ -8,8 +8,9 @@
 //! reserves its `DOCKER-USER` chain (jumped to first from `FORWARD`) for rules like these.
 //!
 //! [`HostForward::open`] therefore, and only when the `FORWARD` chain of the `filter` table
-//! drops by default (a `DROP` policy, or a last rule that drops or rejects everything), inserts two rules, each commented `banger:<bridge>`, at the top of
-//! `DOCKER-USER` when that chain exists and of `FORWARD` otherwise:
+//! drops by default (a `DROP` policy, or a last rule that drops or rejects everything), inserts
+//! two rules, each commented `banger:<bridge>`, at the top of `DOCKER-USER` when `FORWARD` jumps
+//! to that chain and of `FORWARD` otherwise:
 //!
 //! ```text
 //! -i BRIDGE -m comment --comment banger:BRIDGE -j ACCEPT
@@ -133,9 +134,35 @@ pub fn banger_rules(listing: &str, chain: &str, bridge: &str) -> Vec<Vec<String>
         .collect()
 }
 
+/// Whether iptables' stderr says the chain it was asked about does not exist. The legacy backend
+/// says "No chain/target/match by that name"; the nft backend, for a chain it cannot find in a
+/// table it manages, calls it "incompatible" or says "does not exist".
+fn chain_absent(stderr: &str) -> bool {
+    ["No chain/target/match", "does not exist", "incompatible"]
+        .iter()
+        .any(|sign| stderr.contains(sign))
+}
+
+/// Whether `FORWARD` jumps to Docker's `DOCKER-USER` (a chain left over without the jump would
+/// never see banger's accepts).
+pub fn forward_jumps_to_docker_user(forward_listing: &str) -> bool {
+    forward_listing.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.first() == Some(&"-A")
+            && words.get(1) == Some(&FORWARD)
+            && words.windows(2).any(|w| w == ["-j", DOCKER_USER])
+    })
+}
+
 /// Why opening or closing the host's forward firewall failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HostForwardError {
+    /// A bridge name iptables would read as a wildcard (`+`) or that could not be quoted.
+    #[error("bridge name {bridge:?} cannot be used in an iptables rule (no '+' or quotes)")]
+    BadBridgeName {
+        /// The name.
+        bridge: String,
+    },
     /// `iptables` failed.
     #[error("could not {action}")]
     Command {
@@ -167,6 +194,16 @@ pub trait HostForward: Send + Sync {
 pub struct RealHostForward {
     netns: Option<String>,
     iptables: PathBuf,
+}
+
+/// Refuses a bridge name iptables would not match literally.
+fn check_bridge(bridge: &str) -> Result<(), HostForwardError> {
+    if bridge.contains(['+', '"', '\'']) {
+        return Err(HostForwardError::BadBridgeName {
+            bridge: bridge.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// `program` itself when it names a path, else the first match on `PATH`.
@@ -214,8 +251,14 @@ impl RealHostForward {
             })
     }
 
-    /// `iptables -S CHAIN`; `None` when the chain does not exist (iptables exits 1).
-    async fn list(&self, binary: &Path, chain: &str) -> Result<Option<String>, HostForwardError> {
+    /// `iptables -S CHAIN`. For a chain that may be absent (`DOCKER-USER`), `None` when
+    /// iptables exits 1 and says so; `FORWARD` always exists, so any failure is an error.
+    async fn list(
+        &self,
+        binary: &Path,
+        chain: &str,
+        may_be_absent: bool,
+    ) -> Result<Option<String>, HostForwardError> {
         let args = ["-S".to_string(), chain.to_string()];
         match self
             .run(binary, &args, || format!("list iptables chain {chain}"))
@@ -223,9 +266,9 @@ impl RealHostForward {
         {
             Ok(output) => Ok(Some(output.stdout)),
             Err(HostForwardError::Command {
-                source: CommandError::Failed { status, .. },
+                source: CommandError::Failed { status, stderr, .. },
                 ..
-            }) if status.code() == Some(1) => Ok(None),
+            }) if may_be_absent && status.code() == Some(1) && chain_absent(&stderr) => Ok(None),
             Err(err) => Err(err),
         }
     }
@@ -234,14 +277,23 @@ impl RealHostForward {
 #[async_trait]
 impl HostForward for RealHostForward {
     async fn open(&self, bridge: &str) -> Result<Option<String>, HostForwardError> {
+        check_bridge(bridge)?;
         let Some(binary) = locate(&self.iptables) else {
             return Ok(None);
         };
-        let forward = self.list(&binary, FORWARD).await?.unwrap_or_default();
+        let forward = self
+            .list(&binary, FORWARD, false)
+            .await?
+            .unwrap_or_default();
         if !forward_drops(&forward) {
             return Ok(None);
         }
-        let (chain, listing) = match self.list(&binary, DOCKER_USER).await? {
+        let docker_user = if forward_jumps_to_docker_user(&forward) {
+            self.list(&binary, DOCKER_USER, true).await?
+        } else {
+            None
+        };
+        let (chain, listing) = match docker_user {
             Some(listing) => (DOCKER_USER, listing),
             None => (FORWARD, forward),
         };
@@ -277,7 +329,7 @@ impl HostForward for RealHostForward {
         };
         let mut removed = 0;
         for chain in [DOCKER_USER, FORWARD] {
-            let Some(listing) = self.list(&binary, chain).await? else {
+            let Some(listing) = self.list(&binary, chain, chain == DOCKER_USER).await? else {
                 continue;
             };
             for delete in banger_rules(&listing, chain, bridge) {
@@ -350,13 +402,18 @@ impl HostForward for FakeHostForward {
         } else {
             FORWARD
         };
+        let wanted = accept_specs(bridge).len();
         let present = state
             .rules
             .iter()
             .filter(|(c, b)| c == chain && b == bridge)
             .count();
-        for _ in present..accept_specs(bridge).len() {
-            state.rules.push((chain.to_string(), bridge.to_string()));
+        if present != wanted {
+            // Like the real one: a partial set is replaced as a whole.
+            state.rules.retain(|(c, b)| !(c == chain && b == bridge));
+            for _ in 0..wanted {
+                state.rules.push((chain.to_string(), bridge.to_string()));
+            }
         }
         Ok(Some(chain.to_string()))
     }
@@ -435,6 +492,31 @@ mod tests {
         let open = FakeHostForward::new();
         assert_eq!(open.open("br0").await.unwrap(), None);
         assert!(open.state().rules.is_empty());
+    }
+
+    #[test]
+    fn docker_user_counts_only_when_forward_jumps_to_it() {
+        assert!(forward_jumps_to_docker_user(
+            "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n"
+        ));
+        assert!(!forward_jumps_to_docker_user(
+            "-P FORWARD DROP\n-A FORWARD -j DROP\n"
+        ));
+        assert!(chain_absent(
+            "iptables: No chain/target/match by that name.\n"
+        ));
+        assert!(!chain_absent(
+            "iptables: Permission denied (you must be root)\n"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_bridge_name_is_refused() {
+        let real = RealHostForward::new(None, "/nonexistent/banger-iptables");
+        assert!(matches!(
+            real.open("br+").await,
+            Err(HostForwardError::BadBridgeName { .. })
+        ));
     }
 
     #[tokio::test]

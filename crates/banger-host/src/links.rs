@@ -542,7 +542,9 @@ impl RealLinks {
 
     /// Pins the bridge's MAC to [`gateway_mac`]. A bridge without an assigned address takes the
     /// lowest of its ports' and changes it as taps come and go, and every guest that cached the
-    /// gateway's old MAC in its ARP table is cut off from it until the entry expires.
+    /// gateway's old MAC in its ARP table is cut off from it until the entry expires. A bridge
+    /// with a port that is not a tap (a physical NIC: the user pointed `network.bridge` at a LAN
+    /// bridge) is left as it is: its MAC is the host's identity on that LAN.
     async fn ensure_mac(
         &self,
         handle: &rtnetlink::Handle,
@@ -559,6 +561,21 @@ impl RealLinks {
                 _ => None,
             });
         if current == Some(wanted.as_slice()) {
+            return Ok(());
+        }
+        let links: Vec<LinkMessage> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.netlink_error(format!("list the ports of bridge {bridge}")))?;
+        let foreign_port = links.iter().any(|port| {
+            link_master(port) == Some(link.header.index)
+                && link_kind(port).as_deref() != Some("tun")
+        });
+        if foreign_port {
+            tracing::warn!(%bridge, "bridge has ports other than taps; its MAC is left alone");
             return Ok(());
         }
         handle

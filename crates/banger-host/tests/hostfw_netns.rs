@@ -153,6 +153,22 @@ async fn a_final_catch_all_reject_counts_as_dropping() {
 
 #[tokio::test]
 #[ignore = "needs root, netns and iptables; run with --include-ignored"]
+async fn a_docker_user_chain_forward_no_longer_jumps_to_is_not_used() {
+    let ns = TestNetns::create();
+    iptables(&ns, &["-P", "FORWARD", "DROP"]);
+    iptables(&ns, &["-N", "DOCKER-USER"]);
+    let fw = forward_in(&ns);
+    assert_eq!(
+        fw.open("br-test").await.unwrap().as_deref(),
+        Some("FORWARD")
+    );
+    assert!(banger_lines(&ns, "DOCKER-USER").is_empty());
+    assert_eq!(banger_lines(&ns, "FORWARD").len(), 2);
+    assert_eq!(fw.close("br-test").await.unwrap(), 2);
+}
+
+#[tokio::test]
+#[ignore = "needs root, netns and iptables; run with --include-ignored"]
 async fn an_accepting_forward_chain_is_left_alone() {
     let ns = TestNetns::create();
     let fw = forward_in(&ns);

@@ -194,6 +194,28 @@ async fn the_bridge_mac_is_pinned_and_does_not_follow_its_ports() {
     assert_eq!(mac(), "06:00:0a:4d:00:01");
     links.delete_link("tap-t0").await.unwrap();
     assert_eq!(mac(), "06:00:0a:4d:00:01");
+
+    // A bridge holding a non-tap port (a LAN bridge with the NIC) keeps its own MAC.
+    netns.exec("ip", &["link", "add", "br-lan", "type", "bridge"]);
+    netns.exec(
+        "ip",
+        &[
+            "link", "add", "nic0", "type", "veth", "peer", "name", "nic1",
+        ],
+    );
+    netns.exec("ip", &["link", "set", "nic0", "master", "br-lan"]);
+    let lan_mac = netns
+        .exec("cat", &["/sys/class/net/br-lan/address"])
+        .trim()
+        .to_string();
+    links
+        .ensure_bridge("br-lan", Ipv4Addr::new(10, 78, 0, 1), 24)
+        .await
+        .unwrap();
+    assert_eq!(
+        netns.exec("cat", &["/sys/class/net/br-lan/address"]).trim(),
+        lan_mac
+    );
 }
 
 #[test]

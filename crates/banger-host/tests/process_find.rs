@@ -12,7 +12,14 @@ async fn find_mentioning_sees_a_foreign_process_and_can_kill_it() {
         .spawn()
         .unwrap();
     let processes = RealProcesses::new();
-    let found = processes.find_mentioning(&marker);
+    // The child's /proc/PID/cmdline can briefly still be the parent's (fork before exec), so look
+    // again for a moment before judging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut found = processes.find_mentioning(&marker);
+    while found.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        found = processes.find_mentioning(&marker);
+    }
     assert_eq!(
         found.iter().map(|id| id.pid).collect::<Vec<_>>(),
         vec![child.id()]

@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -219,6 +220,10 @@ struct Shared {
     setup: tokio::sync::Mutex<()>,
     /// Serializes rule changes; holds whether banger's table is applied.
     rules: tokio::sync::Mutex<bool>,
+    /// Whether banger's accepts may be in the host's FORWARD: unknown at start (a killed daemon
+    /// may have left some), then set by every open and cleared by a successful close, so an
+    /// idle daemon does not run iptables at every sweep.
+    host_forward_dirty: std::sync::atomic::AtomicBool,
     dns_table: DnsTable,
     dns_server: Mutex<Option<DnsServer>>,
     proxy: PortProxy,
@@ -384,6 +389,7 @@ impl Shared {
             *applied = true;
             change.table = Some("applied");
             if self.settings.host_forward_accept {
+                self.host_forward_dirty.store(true, Ordering::SeqCst);
                 match self.host_forward.open(bridge).await {
                     Ok(Some(chain)) if first => tracing::info!(
                         %bridge, %chain,
@@ -426,12 +432,17 @@ impl Shared {
                 change.table = Some("deleted");
             }
             *applied = false;
-            match self.host_forward.close(bridge).await {
-                Ok(removed) => change.host_accepts_removed = removed,
-                Err(err) => tracing::warn!(
-                    error = %chain(&err),
-                    "could not remove banger's accepts from the host's FORWARD chain"
-                ),
+            if self.host_forward_dirty.load(Ordering::SeqCst) {
+                match self.host_forward.close(bridge).await {
+                    Ok(removed) => {
+                        change.host_accepts_removed = removed;
+                        self.host_forward_dirty.store(false, Ordering::SeqCst);
+                    }
+                    Err(err) => tracing::warn!(
+                        error = %chain(&err),
+                        "could not remove banger's accepts from the host's FORWARD chain"
+                    ),
+                }
             }
         }
         Ok(change)
@@ -549,6 +560,7 @@ impl BridgeNetwork {
             state: Mutex::new(State::default()),
             setup: tokio::sync::Mutex::new(()),
             rules: tokio::sync::Mutex::new(false),
+            host_forward_dirty: std::sync::atomic::AtomicBool::new(true),
             dns_server: Mutex::new(None),
             refill: Notify::new(),
         });

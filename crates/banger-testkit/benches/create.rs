@@ -232,7 +232,7 @@ async fn main() {
         let (a, b) = summary(values);
         println!("    {stage:<9} {a:8.1} / {b:8.1}");
     }
-    if !ssh_ready.is_empty() {
+    if !ssh_ready.is_empty() && !services.is_empty() {
         let (s50, s95) = summary(ssh_ready);
         let (v50, v95) = summary(services);
         println!("  create -> SSH-ready (sshd on :22)       p50 {s50:7.1} ms  p95 {s95:7.1} ms  (stage services p50 {v50:.1} / p95 {v95:.1} ms)");
