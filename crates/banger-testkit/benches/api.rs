@@ -14,11 +14,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use banger_api::{ImageId, Operation, OperationStatus, Vm, VmName};
+use banger_api::{Operation, OperationStatus, Vm};
 use banger_cli::client::Client;
-use banger_store::records::ImageRecord;
-use banger_store::Store;
-use banger_testkit::environment;
+use banger_testkit::{environment, register_fake_image};
 use hyper::Method;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -39,35 +37,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn add_image(config: &banger_config::Config) {
-    let dir = config.state_dir.join("images").join("base");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("vmlinux"), b"\x7fELF fake kernel for the fake VMM").unwrap();
-    std::fs::write(dir.join("rootfs.ext4"), b"rootfs").unwrap();
-    let record = ImageRecord {
-        id: ImageId::new(),
-        name: VmName::parse("base").unwrap(),
-        kernel_path: dir.join("vmlinux"),
-        initrd_path: None,
-        modules_path: None,
-        rootfs_path: dir.join("rootfs.ext4"),
-        work_seed_path: None,
-        cmdline: "console=ttyS0".into(),
-        readiness_ports: vec![],
-        agent_version: None,
-        parent_id: None,
-        sha256: None,
-        managed: true,
-        size_bytes: 0,
-        root_mode: banger_api::RootMode::Overlay,
-        created_at: chrono::Utc::now(),
-    };
-    Store::open(&config.db_path())
-        .unwrap()
-        .insert_image(&record)
-        .unwrap();
 }
 
 fn summary(name: &str, mut ms: Vec<f64>) {
@@ -102,7 +71,7 @@ async fn main() {
         .config;
     std::fs::create_dir_all(&config.runtime_dir).unwrap();
     std::fs::create_dir_all(&config.state_dir).unwrap();
-    add_image(&config);
+    register_fake_image(&config, "base", vec![]);
     let rss_before = rss_kib();
 
     let socket = config.socket_path();

@@ -356,6 +356,39 @@ pub fn register_test_image(config: &Config, name: &str, kernel: &Path, ports: Ve
     record.id
 }
 
+/// Records image `name` for a daemon over the fake host (`banger_daemon::Host::fake`): stand-in
+/// kernel and rootfs files under the state dir (the fake VMM never reads them), readiness ports
+/// `ports`, managed.
+pub fn register_fake_image(config: &Config, name: &str, ports: Vec<u16>) -> ImageId {
+    let dir = config.state_dir.join("images").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("vmlinux"), b"\x7fELF fake kernel for the fake VMM").unwrap();
+    std::fs::write(dir.join("rootfs.ext4"), b"rootfs").unwrap();
+    let record = ImageRecord {
+        id: ImageId::new(),
+        name: VmName::parse(name).unwrap(),
+        kernel_path: dir.join("vmlinux"),
+        initrd_path: None,
+        modules_path: None,
+        rootfs_path: dir.join("rootfs.ext4"),
+        work_seed_path: None,
+        cmdline: "console=ttyS0".into(),
+        readiness_ports: ports,
+        agent_version: None,
+        parent_id: None,
+        sha256: None,
+        managed: true,
+        size_bytes: 730 << 20,
+        root_mode: banger_api::RootMode::Overlay,
+        created_at: chrono::Utc::now(),
+    };
+    Store::open(&config.db_path())
+        .unwrap()
+        .insert_image(&record)
+        .unwrap();
+    record.id
+}
+
 /// The `bangerd` binary of this workspace (built once per test process).
 pub fn bangerd_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

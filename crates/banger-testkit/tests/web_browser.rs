@@ -13,41 +13,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_api::{ImageId, Vm, VmName, WebAccess};
+use banger_api::{Vm, WebAccess};
 use banger_cli::client::Client;
-use banger_store::records::ImageRecord;
-use banger_store::Store;
-use banger_testkit::{environment, workspace_root};
+use banger_testkit::{environment, register_fake_image, workspace_root};
 
 const CONFIG: &str = "stats_poll_interval_secs = 1\n\n[vm_defaults]\nvcpus = 1\nmemory_mib = 256\n\n[web]\nenabled = true\nlisten = \"127.0.0.1:0\"\n";
 
 fn add_image(config: &banger_config::Config, name: &str) {
-    let dir = config.state_dir.join("images").join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("vmlinux"), b"\x7fELF fake kernel for the fake VMM").unwrap();
-    std::fs::write(dir.join("rootfs.ext4"), b"rootfs").unwrap();
-    let record = ImageRecord {
-        id: ImageId::new(),
-        name: VmName::parse(name).unwrap(),
-        kernel_path: dir.join("vmlinux"),
-        initrd_path: None,
-        modules_path: None,
-        rootfs_path: dir.join("rootfs.ext4"),
-        work_seed_path: None,
-        cmdline: "console=ttyS0".into(),
-        readiness_ports: vec![22],
-        agent_version: None,
-        parent_id: None,
-        sha256: None,
-        managed: true,
-        size_bytes: 730 << 20,
-        root_mode: banger_api::RootMode::Overlay,
-        created_at: chrono::Utc::now(),
-    };
-    Store::open(&config.db_path())
-        .unwrap()
-        .insert_image(&record)
-        .unwrap();
+    register_fake_image(config, name, vec![22]);
 }
 
 /// Plays the guests: CPU ticks and RSS in the fake procfs, console lines, a VMM log line.
