@@ -308,6 +308,15 @@ async fn a_failing_build_script_leaves_no_image_and_no_builder_vm() {
     )
     .await;
     assert_eq!(done.status, OperationStatus::Failed);
+    let cleanup = done.stages.iter().find(|s| s.name == "cleanup").unwrap();
+    assert!(
+        cleanup
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("builder console: [fake vmm] build-"),
+        "the builder's last console lines are kept: {cleanup:?}"
+    );
     let error = done.error.unwrap();
     let text = format!("{} {}", error.message, error.causes.join(" "));
     assert!(text.contains("exited with status 3"), "{text}");

@@ -139,6 +139,17 @@ impl Vmm for FakeVmm {
             tokio::time::sleep(delay).await;
         }
         self.record("launch", &spec.name)?;
+        // A guest's first console line, as a real VMM's serial console would have.
+        if let Some(dir) = spec.console_log.parent() {
+            if dir.is_dir() {
+                use std::io::Write;
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&spec.console_log)
+                    .and_then(|mut log| writeln!(log, "[fake vmm] {} booted", spec.name));
+            }
+        }
         std::fs::create_dir_all(&spec.run_dir)
             .and_then(|()| std::fs::write(&spec.vsock_uds, b""))
             .map_err(|source| VmmError::Io {

@@ -234,9 +234,15 @@ impl Manager {
             .map_err(|e| invalid("name", e.to_string()))?;
         let result = self.build_in(op, plan, &builder, &scratch, &staging).await;
         // Whatever happened: no builder VM, no scratch, no staging.
-        if self.resolve_vm(builder.as_str()).is_ok() {
+        if let Ok(vm) = self.resolve_vm(builder.as_str()) {
             if result.is_err() {
                 op.stage("cleanup");
+                // What the builder's console said last, before it goes with the VM: a guest that
+                // died (an OOM kill, a panic) shows there and nowhere else.
+                let tail = crate::manager::console_tail(&vm.vm_dir.join("console.log"), 8);
+                if !tail.is_empty() {
+                    op.detail(format!("builder console: {tail}"));
+                }
             }
             self.remove_builder(&builder).await;
         }
