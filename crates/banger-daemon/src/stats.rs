@@ -4,7 +4,8 @@
 //! RSS (plus those of its helper processes, e.g. QEMU's vhost-device-vsock) from procfs, the
 //! VMM's I/O counters through [`banger_vmm::Vmm::counters`], and the guest NIC's traffic from its
 //! tap ([`banger_core::backends::VmNetwork::nic_counters`]; the same for every VMM, and the only
-//! source for QEMU's microvm, which reports none), and records them in the shared [`StatsBook`]. VMs are sampled concurrently and each VMM call is bounded by a timeout, so a
+//! source for QEMU's microvm, which reports none), and records them in the shared [`StatsBook`].
+//! VMs are sampled concurrently and each VMM call is bounded by a timeout, so a
 //! VMM that does not answer costs one missing I/O sample, never a stalled loop. Rings of VMs
 //! that stopped are dropped at the next tick. The loop owns no VM: it only reads.
 

@@ -52,36 +52,34 @@ pub fn comment(bridge: &str) -> String {
     format!("banger:{bridge}")
 }
 
-/// The rule specifications banger inserts for `bridge`, in their final order.
+/// The rule specifications banger inserts for `bridge`, in their final order: what comes from
+/// the bridge, and replies going back to it; both end in the same comment and verdict.
 pub fn accept_specs(bridge: &str) -> [Vec<String>; 2] {
     let comment = comment(bridge);
-    let words = |list: &[&str]| list.iter().map(|w| (*w).to_string()).collect::<Vec<_>>();
-    [
-        words(&[
-            "-i",
-            bridge,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "ACCEPT",
-        ]),
-        words(&[
-            "-o",
-            bridge,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "RELATED,ESTABLISHED",
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "ACCEPT",
-        ]),
-    ]
+    let verdict = [
+        "-m",
+        "comment",
+        "--comment",
+        comment.as_str(),
+        "-j",
+        "ACCEPT",
+    ];
+    let from_bridge = ["-i", bridge];
+    let replies = [
+        "-o",
+        bridge,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "RELATED,ESTABLISHED",
+    ];
+    [from_bridge.as_slice(), replies.as_slice()].map(|matches| {
+        matches
+            .iter()
+            .chain(verdict.iter())
+            .map(|w| (*w).to_string())
+            .collect()
+    })
 }
 
 /// Whether `iptables -S FORWARD` output says the chain drops what nothing accepted: a `DROP`

@@ -20,12 +20,11 @@
 //! does not depend on which: port forwards go through the userspace proxy), and all rule changes
 //! are serialized by one async lock. The host's iptables FORWARD accepts
 //! (`banger_host::hostfw`, only when that chain drops by default and `host_forward_accept` is
-//! on) follow the table: opened after every apply, closed when it is deleted. Nothing is created at daemon start: the bridge, table and
-//! responder appear with the first VM that needs them.
+//! on) follow the table: opened after every apply, closed when it is deleted. Nothing is created
+//! at daemon start: the bridge, table and responder appear with the first VM that needs them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -183,13 +182,24 @@ pub enum NetError {
     },
 }
 
-/// What one [`Shared::sync_rules`] did.
+/// What one [`Shared::sync_rules`] removed, for the sweep's report.
 #[derive(Debug, Default)]
 struct RulesChange {
-    /// `Some("applied")` or `Some("deleted")` when banger's table changed.
-    table: Option<&'static str>,
+    /// banger's table was deleted.
+    table_deleted: bool,
     /// banger's rules removed from the host's iptables FORWARD / DOCKER-USER.
     host_accepts_removed: usize,
+}
+
+/// The rules' state, behind [`Shared::rules`].
+#[derive(Debug)]
+struct RulesState {
+    /// Whether banger's table is applied.
+    applied: bool,
+    /// Whether banger's accepts may be in the host's FORWARD: unknown at start (a killed daemon
+    /// may have left some), then set by every open and cleared by a successful close, so an
+    /// idle daemon does not run iptables at every sweep.
+    host_forward_dirty: bool,
 }
 
 /// One VM on the bridge.
@@ -218,12 +228,8 @@ struct Shared {
     state: Mutex<State>,
     /// Serializes the one-time setup.
     setup: tokio::sync::Mutex<()>,
-    /// Serializes rule changes; holds whether banger's table is applied.
-    rules: tokio::sync::Mutex<bool>,
-    /// Whether banger's accepts may be in the host's FORWARD: unknown at start (a killed daemon
-    /// may have left some), then set by every open and cleared by a successful close, so an
-    /// idle daemon does not run iptables at every sweep.
-    host_forward_dirty: std::sync::atomic::AtomicBool,
+    /// Serializes rule changes and holds their state.
+    rules: tokio::sync::Mutex<RulesState>,
     dns_table: DnsTable,
     dns_server: Mutex<Option<DnsServer>>,
     proxy: PortProxy,
@@ -371,12 +377,12 @@ impl Shared {
     /// accepts follow the table: opened after each apply, closed with the delete; failing to
     /// change them costs VMs the world beyond the host, not their network, so it is a warning.
     async fn sync_rules(&self, force: bool) -> Result<RulesChange, NetError> {
-        let mut applied = self.rules.lock().await;
+        let mut rules = self.rules.lock().await;
         let want = !self.state().attached.is_empty();
         let table = self.settings.table.clone();
         let bridge = self.settings.bridge.as_str();
         let mut change = RulesChange::default();
-        if want && (force || !*applied) {
+        if want && (force || !rules.applied) {
             self.nft
                 .apply(&self.ruleset())
                 .await
@@ -385,11 +391,10 @@ impl Shared {
                     table,
                     source,
                 })?;
-            let first = !*applied;
-            *applied = true;
-            change.table = Some("applied");
+            let first = !rules.applied;
+            rules.applied = true;
             if self.settings.host_forward_accept {
-                self.host_forward_dirty.store(true, Ordering::SeqCst);
+                rules.host_forward_dirty = true;
                 match self.host_forward.open(bridge).await {
                     Ok(Some(chain)) if first => tracing::info!(
                         %bridge, %chain,
@@ -404,9 +409,9 @@ impl Shared {
             }
             return Ok(change);
         }
-        if !want && (force || *applied) {
+        if !want && (force || rules.applied) {
             if !self.netns.exists() {
-                *applied = false;
+                rules.applied = false;
                 return Ok(change);
             }
             let present = self
@@ -429,14 +434,14 @@ impl Shared {
                         table,
                         source,
                     })?;
-                change.table = Some("deleted");
+                change.table_deleted = true;
             }
-            *applied = false;
-            if self.host_forward_dirty.load(Ordering::SeqCst) {
+            rules.applied = false;
+            if rules.host_forward_dirty {
                 match self.host_forward.close(bridge).await {
                     Ok(removed) => {
                         change.host_accepts_removed = removed;
-                        self.host_forward_dirty.store(false, Ordering::SeqCst);
+                        rules.host_forward_dirty = false;
                     }
                     Err(err) => tracing::warn!(
                         error = %chain(&err),
@@ -477,7 +482,7 @@ impl Shared {
             }
         }
         let change = self.sync_rules(true).await?;
-        if change.table == Some("deleted") {
+        if change.table_deleted {
             report.push(format!(
                 "removed nftables table {FAMILY} {} (no VM attached)",
                 self.settings.table
@@ -559,8 +564,10 @@ impl BridgeNetwork {
             netns,
             state: Mutex::new(State::default()),
             setup: tokio::sync::Mutex::new(()),
-            rules: tokio::sync::Mutex::new(false),
-            host_forward_dirty: std::sync::atomic::AtomicBool::new(true),
+            rules: tokio::sync::Mutex::new(RulesState {
+                applied: false,
+                host_forward_dirty: true,
+            }),
             dns_server: Mutex::new(None),
             refill: Notify::new(),
         });
